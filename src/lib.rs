@@ -1,0 +1,14 @@
+//! raincheck: camera perception in rain.
+//!
+//! Rain synthesis ([`rain`]) turns clear driving images into paired datasets ([`dataset`]);
+//! [`image_io`] and [`video`] are the only places pixels enter or leave; [`viz`] is the Rerun
+//! sink every stage logs through. See ARCHITECTURE.md for the module map and its invariants.
+
+pub mod dataset;
+pub mod image_io;
+pub mod progress;
+pub mod rain;
+pub mod synth;
+#[cfg(feature = "video")]
+pub mod video;
+pub mod viz;

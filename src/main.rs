@@ -1,0 +1,427 @@
+//! The `raincheck` command line: parses arguments and calls one library function per subcommand.
+//! Data goes to stdout, logs and progress to stderr. Exit codes: 0 ok, 1 failure, 2 usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use raincheck::dataset::{self, Shard, Split, SplitRatios};
+use raincheck::rain::{Preset, RainParams};
+use raincheck::viz::RerunTarget;
+
+#[derive(Parser)]
+#[command(
+    name = "raincheck",
+    version,
+    about = "Camera perception in rain: synthesize rain, build paired datasets, inspect them in Rerun"
+)]
+struct Cli {
+    /// Only print errors (also hides progress bars).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render physical rain onto an image, a folder of images or a video.
+    ///
+    /// Outputs go to OUT keeping each input's file stem (STEM.png, or STEM.mp4 for videos).
+    Rain(RainArgs),
+    /// Extract frames from a video (the clear domain) as STEM_NNNNNN.png.
+    Frames(FramesArgs),
+    /// Make a paired (clean, rainy) dataset from clear images or a clear video.
+    Generate(GenerateArgs),
+    /// Check, merge and describe datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Log a dataset's pairs with their rain parameters to the Rerun viewer.
+    Inspect(InspectArgs),
+}
+
+/// Rain parameters shared by `rain` and `generate`.
+#[derive(Args)]
+struct ParamArgs {
+    /// Override one rain parameter by its dotted name, e.g. `--set rate_mm_h=40`,
+    /// `--set lens_drops.count=0`, `--set veil.airlight=[0.7,0.7,0.8]`. Repeatable.
+    /// `raincheck rain --print-params` lists them all.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Args)]
+struct RainArgs {
+    /// An image (PNG/JPEG), a folder of images, or a video file.
+    input: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, short, required_unless_present = "print_params")]
+    out: Option<PathBuf>,
+    /// Rain preset.
+    #[arg(long, value_enum, default_value_t = Preset::Heavy)]
+    preset: Preset,
+    /// Seed: the same seed and input give byte-identical output.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    params: ParamArgs,
+    /// Depth map(s) for the veil instead of the ground-plane prior: a 16-bit PNG for an image,
+    /// or a folder of STEM.png for a folder of images.
+    #[arg(long, value_name = "PATH")]
+    depth: Option<PathBuf>,
+    /// Depth PNG values per metre (KITTI: 256).
+    #[arg(long, default_value_t = 256.0)]
+    depth_scale: f32,
+    /// Print the full parameters (after --preset and --set) as JSON and exit.
+    #[arg(long)]
+    print_params: bool,
+}
+
+#[derive(Args)]
+struct FramesArgs {
+    /// Video file, `camera:N` or stream URL.
+    video: String,
+    /// Output folder.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Keep every N-th frame.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    every: u64,
+    /// Stop after this many frames are on disk.
+    #[arg(long, value_name = "N")]
+    max_frames: Option<u64>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Clear images: a folder of PNG/JPEG, or a video file (every `--every`-th frame).
+    #[arg(long)]
+    clear: PathBuf,
+    /// Rain method: `physical` or `physical:PRESET` (drizzle, moderate, heavy, torrential).
+    #[arg(long, default_value = "physical:heavy")]
+    rain: String,
+    #[command(flatten)]
+    params: ParamArgs,
+    /// Dataset folder to create (or to finish, after an interruption).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Seed of the rain; each pair derives its own from this and its id.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Resize every clear image to WxH (cover, then centre crop).
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    /// Split fractions train,val,test (decided by a hash of each id).
+    #[arg(long, default_value = "0.8,0.1,0.1")]
+    split: SplitRatios,
+    /// Make only shard I of N (1-based); merge the shards with `raincheck dataset merge`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// For a video: take every N-th frame.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    every: u64,
+    /// Warn about unreadable inputs and leave them out instead of failing.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Re-hash every file against the manifest; exit 1 when any is missing or corrupt.
+    Verify { dataset: PathBuf },
+    /// Merge datasets (e.g. the shards of one `generate`) into a new one.
+    Merge {
+        /// Datasets to merge.
+        #[arg(required = true, num_args = 2..)]
+        inputs: Vec<PathBuf>,
+        /// New dataset folder.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Print a dataset's dataset.toml as JSON.
+    Info { dataset: PathBuf },
+}
+
+#[derive(Args)]
+struct RerunArgs {
+    /// Save the recording to an .rrd file.
+    #[arg(long, value_name = "FILE.rrd", group = "rerun_target")]
+    save: Option<PathBuf>,
+    /// Stream to a running viewer (default rerun+http://127.0.0.1:9876/proxy).
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "rerun+http://127.0.0.1:9876/proxy", group = "rerun_target")]
+    connect: Option<String>,
+    /// Start a viewer (`rerun` on the PATH) and stream to it.
+    #[arg(long, group = "rerun_target")]
+    spawn: bool,
+    /// JPEG quality of logged images.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    rerun_jpeg_quality: u8,
+}
+
+impl RerunArgs {
+    fn target(&self) -> Option<RerunTarget> {
+        if let Some(p) = &self.save {
+            Some(RerunTarget::Save(p.clone()))
+        } else if let Some(u) = &self.connect {
+            Some(RerunTarget::Connect(u.clone()))
+        } else if self.spawn {
+            Some(RerunTarget::Spawn)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    dataset: PathBuf,
+    /// Only this split.
+    #[arg(long)]
+    split: Option<Split>,
+    /// At most this many pairs.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    #[command(flatten)]
+    rerun: RerunArgs,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not WxH (e.g. 640x360)"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{w}` is not a width"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{h}` is not a height"))?;
+    if w < 2 || h < 2 {
+        return Err("width and height must be at least 2".into());
+    }
+    Ok((w, h))
+}
+
+/// An error in what the user asked for (exit code 2), found after argument parsing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
+fn rain_params(preset: Preset, set: &[String]) -> anyhow::Result<RainParams> {
+    let mut params = RainParams::preset(preset);
+    for s in set {
+        params.set(s).map_err(usage)?;
+    }
+    Ok(params)
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let progress = !cli.quiet;
+    match cli.command {
+        Command::Rain(a) => {
+            let params = rain_params(a.preset, &a.params.set)?;
+            if a.print_params {
+                return print_json(&params);
+            }
+            let input = a
+                .input
+                .ok_or_else(|| usage("INPUT is required (an image, folder or video)"))?;
+            let out = a.out.expect("clap requires --out");
+            let job = raincheck::synth::RainJob {
+                input,
+                out,
+                params,
+                seed: a.seed,
+                depth: a.depth,
+                depth_scale: a.depth_scale,
+                progress,
+            };
+            let summary = raincheck::synth::run(&job)?;
+            for o in &summary.outputs {
+                println!("{}", o.display());
+            }
+        }
+        Command::Frames(a) => {
+            #[cfg(feature = "video")]
+            {
+                let src = raincheck::video::VideoSource::parse(&a.video);
+                let s = raincheck::video::extract_frames(
+                    &src,
+                    a.every,
+                    a.max_frames,
+                    &a.out,
+                    progress,
+                )?;
+                println!(
+                    "{}: {} frames written, {} already there",
+                    s.out.display(),
+                    s.written,
+                    s.kept
+                );
+            }
+            #[cfg(not(feature = "video"))]
+            {
+                let _ = a;
+                anyhow::bail!("`frames` needs raincheck built with the `video` feature");
+            }
+        }
+        Command::Generate(a) => {
+            let method =
+                dataset::RainMethod::parse(&a.rain, &a.params.set).map_err(|e| match e {
+                    dataset::DatasetError::Flag { .. } | dataset::DatasetError::Rain(_) => usage(e),
+                    other => other.into(),
+                })?;
+            let cfg = dataset::GenerateConfig {
+                clear: a.clear,
+                out: a.out,
+                method,
+                overrides: a.params.set,
+                seed: a.seed,
+                size: a.size,
+                split: a.split,
+                shard: a.shard,
+                every: a.every,
+                skip_bad: a.skip_bad,
+                progress,
+            };
+            let s = dataset::generate(&cfg)?;
+            if s.already_complete {
+                println!("{}: already complete, {} pairs", s.out.display(), s.pairs);
+            } else {
+                println!(
+                    "{}: {} pairs ({} made now, {} from an earlier run, {} inputs left out)",
+                    s.out.display(),
+                    s.pairs,
+                    s.generated,
+                    s.resumed,
+                    s.skipped.len()
+                );
+            }
+        }
+        Command::Dataset(DatasetCommand::Verify { dataset: root }) => {
+            let rep = dataset::verify(&root, progress)?;
+            for m in &rep.missing {
+                println!("missing  {m}");
+            }
+            for c in &rep.corrupt {
+                println!("corrupt  {c}");
+            }
+            println!(
+                "{}: {} of {} pairs ok, {} files missing, {} corrupt",
+                root.display(),
+                rep.ok,
+                rep.pairs,
+                rep.missing.len(),
+                rep.corrupt.len()
+            );
+            if !rep.is_ok() {
+                anyhow::bail!("{} failed verification", root.display());
+            }
+        }
+        Command::Dataset(DatasetCommand::Merge { inputs, out }) => {
+            let info = dataset::merge(&inputs, &out, progress)?;
+            println!(
+                "{}: {} pairs merged from {} datasets",
+                out.display(),
+                info.pairs,
+                inputs.len()
+            );
+        }
+        Command::Dataset(DatasetCommand::Info { dataset: root }) => {
+            let ds = dataset::Dataset::open(&root)?;
+            print_json(&ds.info)?;
+        }
+        Command::Inspect(a) => {
+            let target = a.rerun.target().ok_or_else(|| {
+                usage("say where the recording goes: --save FILE.rrd, --connect [URL] or --spawn")
+            })?;
+            let cfg = dataset::InspectConfig {
+                split: a.split,
+                limit: a.limit,
+                target,
+                jpeg_quality: a.rerun.rerun_jpeg_quality,
+                progress,
+            };
+            let n = dataset::inspect(&a.dataset, &cfg)?;
+            match &cfg.target {
+                RerunTarget::Save(p) => println!("{}: {n} pairs logged", p.display()),
+                _ => println!("{n} pairs logged"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("raincheck={default},warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+        {
+            eprintln!("error: cannot set up {n} threads: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    match run(cli).context("raincheck failed") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Skip the generic context line; print each cause once (messages often embed
+            // their source already).
+            let mut printed = String::new();
+            for (i, cause) in e.chain().skip(1).enumerate() {
+                let text = cause.to_string();
+                if printed.contains(&text) {
+                    continue;
+                }
+                if i == 0 {
+                    eprintln!("error: {text}");
+                } else {
+                    eprintln!("  caused by: {text}");
+                }
+                printed.push_str(&text);
+            }
+            if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The physically-motivated rain renderer: streaks in depth layers, veil, lens drops, wet road.
+//!
+//! Pure image math on RGB8 buffers: no files, no tensors. See [`render`] for the model and
+//! [`params`] for every parameter and the presets.
+
+pub mod params;
+pub mod render;
+
+pub use params::{Preset, RainParams};
+pub use render::{mix_seed, DepthMap, RainRenderer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RainError {
+    #[error("unknown rain preset `{0}` (expected drizzle, moderate, heavy or torrential)")]
+    UnknownPreset(String),
+    #[error("invalid rain parameters: {0}")]
+    Invalid(String),
+    #[error("cannot apply `{assignment}`: {why}")]
+    BadOverride { assignment: String, why: String },
+    #[error("frame is {}x{}, too small to render rain", width, height)]
+    TooSmall { width: u32, height: u32 },
+    #[error("frame is {}x{} but the renderer was built for {}x{}", got.0, got.1, expected.0, expected.1)]
+    SizeMismatch {
+        expected: (u32, u32),
+        got: (u32, u32),
+    },
+    #[error("depth map is {}x{} but the frame is {}x{}", got.0, got.1, expected.0, expected.1)]
+    DepthSize {
+        expected: (u32, u32),
+        got: (u32, u32),
+    },
+}

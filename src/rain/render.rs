@@ -1,0 +1,900 @@
+//! The physical rain renderer.
+//!
+//! Composition, per pixel, in this order:
+//! 1. tone: contrast around the image mean, brightness, cool tint;
+//! 2. wet road below the horizon: albedo loss and a blurred mirror of the scene above (sheen);
+//! 3. veil: `I = J·t + A·(1 − t)`, `t = exp(−β·d)`, depth `d` from a ground-plane prior
+//!    (or a user depth map);
+//! 4. streaks: `I += α·(L − I)` where `α` is the accumulated coverage of motion-blurred drops in
+//!    depth layers and `L` the streak radiance (a gain on the sky's mean colour);
+//! 5. lens drops: inverted, blurred views of the rendered scene with a dark rim and a highlight.
+//!
+//! Steps 1–3 fold into one affine map per row (`out = a·J + b + m·mirror`), so the whole frame is
+//! a single pass over the pixels, done in independent row bands (rayon). Streaks and drops are
+//! particles whose state at frame `k` is a closed-form function of the seed and `k`, which makes
+//! video temporally coherent and any frame renderable on its own.
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use rayon::prelude::*;
+
+use super::params::{terminal_velocity_m_s, RainParams};
+use super::RainError;
+use crate::image_io::RgbImage;
+
+/// Rows per parallel work item.
+const BAND_ROWS: usize = 32;
+/// Down-sampling factor of the blurred scene used by reflections and lens drops.
+const LOWRES: usize = 8;
+/// Gaussian profile lookup: entries per unit of (d/σ)², up to (d/σ)² = 9.
+const GAUSS_LUT_RES: f32 = 32.0;
+const GAUSS_LUT_LEN: usize = 9 * 32 + 2;
+
+/// A per-pixel depth map in metres (`width * height`, row-major). Non-finite or non-positive
+/// values mean "unknown" and take `veil.max_depth_m`.
+pub struct DepthMap<'a> {
+    pub width: u32,
+    pub height: u32,
+    pub metres: &'a [f32],
+}
+
+/// One falling drop, in pixels at frame 0.
+#[derive(Clone, Debug)]
+struct Streak {
+    x0: f32,
+    y0: f32,
+    /// Unit fall direction.
+    dx: f32,
+    dy: f32,
+    /// Streak length during the exposure, in pixels.
+    len: f32,
+    /// Distance travelled between frames, in pixels.
+    step: f32,
+    /// Gaussian cross-section σ in pixels.
+    sigma: f32,
+    /// Peak opacity.
+    alpha: f32,
+}
+
+/// A streak placed at a given frame.
+struct PlacedStreak {
+    tx: f32,
+    ty: f32,
+    dx: f32,
+    dy: f32,
+    len: f32,
+    sigma: f32,
+    alpha: f32,
+    y_min: f32,
+    y_max: f32,
+}
+
+/// One slot on the glass that drops occupy in turn.
+#[derive(Clone, Debug)]
+struct DropSlot {
+    lifetime_s: f32,
+    phase_s: f32,
+    seed: u64,
+}
+
+/// A lens drop placed at a given frame.
+struct PlacedDrop {
+    cx: f32,
+    cy: f32,
+    rx: f32,
+    ry: f32,
+    /// Fade factor in [0, 1] times the body opacity.
+    opacity: f32,
+    view: f32,
+}
+
+/// Renders rain of fixed parameters onto frames of a fixed size.
+///
+/// ```no_run
+/// use raincheck::rain::{RainParams, Preset, RainRenderer};
+/// let img = raincheck::image_io::load_rgb8("frame.png".as_ref())?;
+/// let r = RainRenderer::new(&RainParams::preset(Preset::Heavy), img.width(), img.height(), 7)?;
+/// let rainy = r.render(&img, 0, None)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct RainRenderer {
+    params: RainParams,
+    width: usize,
+    height: usize,
+    focal_px: f32,
+    streaks: Vec<Streak>,
+    drops: Vec<DropSlot>,
+    gauss: [f32; GAUSS_LUT_LEN],
+}
+
+/// SplitMix64 finaliser: derives independent seeds from one seed and a salt.
+pub fn mix_seed(seed: u64, salt: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn normal(rng: &mut Pcg64Mcg) -> f32 {
+    // Box–Muller; u1 in (0, 1].
+    let u1: f32 = 1.0 - rng.random::<f32>();
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+fn smoothstep(e0: f32, e1: f32, x: f32) -> f32 {
+    let t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0);
+    t * t * (3.0 - 2.0 * t)
+}
+
+impl RainRenderer {
+    /// Builds the particle field for frames of `width`x`height` pixels.
+    pub fn new(params: &RainParams, width: u32, height: u32, seed: u64) -> Result<Self, RainError> {
+        params.validate()?;
+        if width < 2 || height < 2 {
+            return Err(RainError::TooSmall { width, height });
+        }
+        let (w, h) = (width as usize, height as usize);
+        let cam = &params.camera;
+        let focal_px = w as f32 / (2.0 * (cam.hfov_deg.to_radians() / 2.0).tan());
+        let streaks = if params.streaks.enabled {
+            Self::make_streaks(params, w, h, focal_px, mix_seed(seed, 1))
+        } else {
+            Vec::new()
+        };
+        let mut rng = Pcg64Mcg::seed_from_u64(mix_seed(seed, 2));
+        let ld = &params.lens_drops;
+        let drops = (0..ld.count)
+            .map(|i| {
+                let lifetime_s =
+                    ld.lifetime_s[0] + rng.random::<f32>() * (ld.lifetime_s[1] - ld.lifetime_s[0]);
+                DropSlot {
+                    lifetime_s,
+                    phase_s: rng.random::<f32>() * lifetime_s,
+                    seed: mix_seed(seed, 1000 + i as u64),
+                }
+            })
+            .collect();
+        let mut gauss = [0.0f32; GAUSS_LUT_LEN];
+        for (i, g) in gauss.iter_mut().enumerate() {
+            let q = i as f32 / GAUSS_LUT_RES;
+            *g = if q >= 9.0 { 0.0 } else { (-0.5 * q).exp() };
+        }
+        Ok(RainRenderer {
+            params: params.clone(),
+            width: w,
+            height: h,
+            focal_px,
+            streaks,
+            drops,
+            gauss,
+        })
+    }
+
+    pub fn params(&self) -> &RainParams {
+        &self.params
+    }
+
+    pub fn size(&self) -> (u32, u32) {
+        (self.width as u32, self.height as u32)
+    }
+
+    /// Number of streak particles (for reports and tests).
+    pub fn streak_count(&self) -> usize {
+        self.streaks.len()
+    }
+
+    fn make_streaks(p: &RainParams, w: usize, h: usize, focal: f32, seed: u64) -> Vec<Streak> {
+        let mut rng = Pcg64Mcg::seed_from_u64(seed);
+        let s = &p.streaks;
+        let cam = &p.camera;
+        let tan_h = (cam.hfov_deg.to_radians() / 2.0).tan();
+        let tan_v = tan_h * h as f32 / w as f32;
+        let lambda = p.marshall_palmer_lambda();
+        let per_m3 = p.visible_drops_per_m3() * s.density_scale;
+        let mut out = Vec::new();
+        for bounds in s.layer_bounds_m.windows(2) {
+            let (z1, z2) = (bounds[0], bounds[1]);
+            let volume = 4.0 * tan_h * tan_v * (z2.powi(3) - z1.powi(3)) / 3.0;
+            let expected = per_m3 * volume;
+            // Stochastic rounding keeps the expected count exact for small layers.
+            let mut n = expected.floor() as usize;
+            if rng.random::<f32>() < expected.fract() {
+                n += 1;
+            }
+            for _ in 0..n {
+                if out.len() >= s.max_count as usize {
+                    break;
+                }
+                // Uniform in the frustum slice: pdf ∝ z².
+                let u: f32 = rng.random();
+                let z = (z1.powi(3) + u * (z2.powi(3) - z1.powi(3))).cbrt();
+                // Diameter from the exponential tail above the visibility threshold, capped
+                // where large drops break up.
+                let d_mm = (s.min_drop_mm - (1.0 - rng.random::<f32>()).ln() / lambda).min(6.0);
+                let v = terminal_velocity_m_s(d_mm);
+                let speed_px_s = focal * v / z;
+                let slant = (s.slant_deg + s.slant_jitter_deg * normal(&mut rng)).to_radians();
+                let drop_px = focal * d_mm * 1e-3 / z;
+                let blur_px = focal * cam.aperture_mm * 1e-3 / z;
+                let width_px = (drop_px * drop_px + blur_px * blur_px).sqrt();
+                let sigma = (width_px / 2.0).max(0.5);
+                // Energy of the drop's image spread over the blurred cross-section.
+                let alpha = s.opacity * (drop_px / (sigma * 2.5)).min(1.0);
+                out.push(Streak {
+                    x0: rng.random::<f32>(),
+                    y0: rng.random::<f32>(),
+                    dx: slant.sin(),
+                    dy: slant.cos(),
+                    len: (speed_px_s * cam.exposure_s).max(1.0),
+                    step: speed_px_s * cam.frame_interval_s,
+                    sigma,
+                    alpha,
+                });
+            }
+        }
+        out
+    }
+
+    /// Streak positions at frame `frame`: particles fall and wrap around a domain a margin
+    /// larger than the image, so that streaks enter and leave through the borders.
+    fn place_streaks(&self, frame: u64) -> Vec<PlacedStreak> {
+        let (w, h) = (self.width as f32, self.height as f32);
+        let margin = self
+            .streaks
+            .iter()
+            .map(|s| s.len + 3.0 * s.sigma)
+            .fold(8.0f32, f32::max)
+            .min(2.0 * h);
+        let (dom_w, dom_h) = (w + 2.0 * margin, h + 2.0 * margin);
+        let t = frame as f64;
+        self.streaks
+            .iter()
+            .map(|s| {
+                // f64 keeps long videos exact enough before wrapping.
+                let travel = s.step as f64 * t;
+                let hx = (s.x0 as f64 * dom_w as f64 + s.dx as f64 * travel)
+                    .rem_euclid(dom_w as f64) as f32
+                    - margin;
+                let hy = (s.y0 as f64 * dom_h as f64 + s.dy as f64 * travel)
+                    .rem_euclid(dom_h as f64) as f32
+                    - margin;
+                let tx = hx - s.dx * s.len;
+                let ty = hy - s.dy * s.len;
+                let pad = 3.0 * s.sigma + 1.0;
+                PlacedStreak {
+                    tx,
+                    ty,
+                    dx: s.dx,
+                    dy: s.dy,
+                    len: s.len,
+                    sigma: s.sigma,
+                    alpha: s.alpha,
+                    y_min: ty.min(hy) - pad,
+                    y_max: ty.max(hy) + pad,
+                }
+            })
+            .collect()
+    }
+
+    fn place_drops(&self, frame: u64) -> Vec<PlacedDrop> {
+        let ld = &self.params.lens_drops;
+        let (w, h) = (self.width as f32, self.height as f32);
+        let t = frame as f64 * self.params.camera.frame_interval_s as f64;
+        self.drops
+            .iter()
+            .map(|slot| {
+                let life = slot.lifetime_s as f64;
+                let tt = t + slot.phase_s as f64;
+                let cycle = (tt / life).floor() as u64;
+                let age = ((tt - cycle as f64 * life) / life) as f32; // in [0, 1)
+                let mut rng = Pcg64Mcg::seed_from_u64(mix_seed(slot.seed, cycle));
+                let r = h
+                    * (ld.radius_frac[0]
+                        + rng.random::<f32>() * (ld.radius_frac[1] - ld.radius_frac[0]));
+                let cx = rng.random::<f32>() * w;
+                let mut cy = rng.random::<f32>() * h;
+                let sliding = rng.random::<f32>() < ld.slide_fraction;
+                let aspect = if sliding {
+                    1.25 + 0.3 * rng.random::<f32>()
+                } else {
+                    0.9 + 0.25 * rng.random::<f32>()
+                };
+                if sliding {
+                    cy += ld.slide_speed * h * age * slot.lifetime_s;
+                }
+                let fade = smoothstep(0.0, 0.1, age) * (1.0 - smoothstep(0.8, 1.0, age));
+                PlacedDrop {
+                    cx,
+                    cy,
+                    rx: r,
+                    ry: r * aspect,
+                    opacity: ld.opacity * fade,
+                    view: ld.view_scale,
+                }
+            })
+            .filter(|d| d.opacity > 1e-3)
+            .collect()
+    }
+
+    /// Renders rain onto `src` as frame `frame` of a clip (use 0 for still images).
+    pub fn render(
+        &self,
+        src: &RgbImage,
+        frame: u64,
+        depth: Option<&DepthMap>,
+    ) -> Result<RgbImage, RainError> {
+        let mut dst = RgbImage::new(self.width as u32, self.height as u32);
+        self.render_into(src, frame, depth, &mut dst)?;
+        Ok(dst)
+    }
+
+    /// Like [`render`](Self::render), writing into a caller-owned image of the same size.
+    pub fn render_into(
+        &self,
+        src: &RgbImage,
+        frame: u64,
+        depth: Option<&DepthMap>,
+        dst: &mut RgbImage,
+    ) -> Result<(), RainError> {
+        let size = (self.width as u32, self.height as u32);
+        if src.dimensions() != size || dst.dimensions() != size {
+            return Err(RainError::SizeMismatch {
+                expected: size,
+                got: src.dimensions(),
+            });
+        }
+        if let Some(d) = depth {
+            if (d.width, d.height) != size || d.metres.len() != self.width * self.height {
+                return Err(RainError::DepthSize {
+                    expected: size,
+                    got: (d.width, d.height),
+                });
+            }
+        }
+        let (w, h) = (self.width, self.height);
+        let p = &self.params;
+        let src_raw = src.as_raw();
+
+        // Blurred low-resolution scene: statistics, reflections, lens drops.
+        let low = LowRes::new(src_raw, w, h);
+        let horizon = (p.camera.horizon * h as f32).round();
+        let (mean, sky) = low.means(horizon as usize);
+        let tone = &p.tone;
+        // Tone applied to the scene: J' = gain·(c·J + (1 − c)·μ)
+        let gain: [f32; 3] = std::array::from_fn(|c| tone.brightness * tone.tint[c]);
+        let airlight: [f32; 3] = std::array::from_fn(|c| p.veil.airlight[c] * 255.0);
+        // Streak radiance: drops refract a wide field of view; its mean is the sky's.
+        let streak_l: [f32; 3] = std::array::from_fn(|c| {
+            (p.streaks.brightness * sky[c] * gain[c])
+                .min(255.0)
+                .max(40.0)
+        });
+        let beta = if p.veil.enabled {
+            p.extinction_per_m()
+        } else {
+            0.0
+        };
+
+        let rows = RowModel::new(p, w, h, self.focal_px, horizon);
+        let placed = self.place_streaks(frame);
+        let contrast = tone.contrast;
+        let tone_b: [f32; 3] = std::array::from_fn(|c| gain[c] * (1.0 - contrast) * mean[c]);
+        let tone_a: [f32; 3] = std::array::from_fn(|c| gain[c] * contrast);
+
+        let dst_raw: &mut [u8] = dst;
+        dst_raw
+            .par_chunks_mut(BAND_ROWS * w * 3)
+            .enumerate()
+            .for_each(|(band, out)| {
+                let y0 = band * BAND_ROWS;
+                let n_rows = out.len() / (w * 3);
+                let mut alpha = vec![0.0f32; n_rows * w];
+                self.draw_streaks(&placed, y0, n_rows, &mut alpha);
+                let mut mirror = vec![0.0f32; w * 3];
+                for r in 0..n_rows {
+                    let y = y0 + r;
+                    let wet = rows.wet[y];
+                    let sheen = rows.sheen[y];
+                    if sheen > 0.0 {
+                        low.mirror_row(rows.mirror_src[y], &mut mirror);
+                    }
+                    let src_row = &src_raw[y * w * 3..(y + 1) * w * 3];
+                    let out_row = &mut out[r * w * 3..(r + 1) * w * 3];
+                    let a_row = &alpha[r * w..(r + 1) * w];
+                    match depth {
+                        None => {
+                            let t = (-beta * rows.depth_m[y]).exp();
+                            let a: [f32; 3] = std::array::from_fn(|c| t * wet * tone_a[c]);
+                            let b: [f32; 3] = std::array::from_fn(|c| {
+                                t * wet * tone_b[c] + (1.0 - t) * airlight[c]
+                            });
+                            let m = t * sheen;
+                            compose_row(src_row, out_row, a_row, &mirror, a, b, m, streak_l);
+                        }
+                        Some(d) => {
+                            let d_row = &d.metres[y * w..(y + 1) * w];
+                            for x in 0..w {
+                                let dm = d_row[x];
+                                let dm = if dm.is_finite() && dm > 0.0 {
+                                    dm
+                                } else {
+                                    p.veil.max_depth_m
+                                };
+                                let t = (-beta * dm).exp();
+                                for c in 0..3 {
+                                    let j = src_row[3 * x + c] as f32;
+                                    let mut v = t * wet * (tone_a[c] * j + tone_b[c])
+                                        + t * sheen * mirror[3 * x + c]
+                                        + (1.0 - t) * airlight[c];
+                                    v += a_row[x].min(1.0) * (streak_l[c] - v);
+                                    out_row[3 * x + c] = v.clamp(0.0, 255.0).round() as u8;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+
+        let drops = self.place_drops(frame);
+        if !drops.is_empty() {
+            // What the drops refract: the low-res scene through the same tone/wet/veil map.
+            let view = low.map_rows(|y| {
+                let t = (-beta * rows.depth_m[y]).exp();
+                let a: [f32; 3] = std::array::from_fn(|c| t * rows.wet[y] * tone_a[c]);
+                let b: [f32; 3] =
+                    std::array::from_fn(|c| t * rows.wet[y] * tone_b[c] + (1.0 - t) * airlight[c]);
+                (a, b)
+            });
+            let dst_raw: &mut [u8] = dst;
+            dst_raw
+                .par_chunks_mut(BAND_ROWS * w * 3)
+                .enumerate()
+                .for_each(|(band, out)| {
+                    let y0 = band * BAND_ROWS;
+                    let n_rows = out.len() / (w * 3);
+                    for d in &drops {
+                        draw_drop(d, &view, out, w, y0, n_rows);
+                    }
+                });
+        }
+        Ok(())
+    }
+
+    /// Accumulates streak coverage for rows `y0..y0 + n_rows` into `alpha`.
+    fn draw_streaks(&self, placed: &[PlacedStreak], y0: usize, n_rows: usize, alpha: &mut [f32]) {
+        let w = self.width;
+        let (band_lo, band_hi) = (y0 as f32, (y0 + n_rows) as f32);
+        for s in placed {
+            if s.y_max < band_lo || s.y_min >= band_hi {
+                continue;
+            }
+            let ry0 = (s.y_min.floor().max(band_lo)) as usize;
+            let ry1 = (s.y_max.ceil().min(band_hi)) as usize;
+            let inv_s2 = 1.0 / (s.sigma * s.sigma);
+            // Horizontal half-extent of the 3σ band around the line at one row.
+            let half = 3.0 * s.sigma / s.dy.max(0.2) + 1.0;
+            let inv_len = 1.0 / s.len;
+            // Soft ends over ~1σ or 15% of the length.
+            let end = (s.sigma / s.len).max(0.15).min(0.5);
+            for y in ry0..ry1 {
+                let py = y as f32 + 0.5;
+                let xc = s.tx + (py - s.ty) * s.dx / s.dy.max(0.2);
+                let x_lo = (xc - half).floor().max(0.0) as usize;
+                let x_hi = ((xc + half).ceil().max(0.0) as usize).min(w);
+                let row = &mut alpha[(y - y0) * w..(y - y0 + 1) * w];
+                for x in x_lo..x_hi {
+                    let px = x as f32 + 0.5;
+                    let (ex, ey) = (px - s.tx, py - s.ty);
+                    let along = (ex * s.dx + ey * s.dy) * inv_len;
+                    if along <= -end || along >= 1.0 + end {
+                        continue;
+                    }
+                    let perp = ex * s.dy - ey * s.dx;
+                    let q = perp * perp * inv_s2 * GAUSS_LUT_RES;
+                    if q >= (GAUSS_LUT_LEN - 1) as f32 {
+                        continue;
+                    }
+                    let ends = smoothstep(-end, end, along)
+                        * (1.0 - smoothstep(1.0 - end, 1.0 + end, along));
+                    row[x] += s.alpha * self.gauss[q as usize] * ends;
+                }
+            }
+        }
+    }
+}
+
+/// `out = a·J + b + m·mirror`, then `out += α·(L − out)`, for one row of RGB8.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn compose_row(
+    src: &[u8],
+    out: &mut [u8],
+    alpha: &[f32],
+    mirror: &[f32],
+    a: [f32; 3],
+    b: [f32; 3],
+    m: f32,
+    l: [f32; 3],
+) {
+    let use_mirror = m > 0.0;
+    for (((s, o), &al), mir) in src
+        .chunks_exact(3)
+        .zip(out.chunks_exact_mut(3))
+        .zip(alpha)
+        .zip(mirror.chunks_exact(3))
+    {
+        let al = al.min(1.0);
+        for c in 0..3 {
+            let mut v = a[c] * s[c] as f32 + b[c];
+            if use_mirror {
+                v += m * mir[c];
+            }
+            v += al * (l[c] - v);
+            o[c] = (v.clamp(0.0, 255.0) + 0.5) as u8;
+        }
+    }
+}
+
+/// Per-row geometry: ground-plane depth, wet-road factors and mirror rows.
+struct RowModel {
+    depth_m: Vec<f32>,
+    wet: Vec<f32>,
+    sheen: Vec<f32>,
+    /// Source row (full-resolution coordinates) mirrored about the horizon.
+    mirror_src: Vec<f32>,
+}
+
+impl RowModel {
+    fn new(p: &RainParams, _w: usize, h: usize, focal: f32, horizon: f32) -> Self {
+        let cam = &p.camera;
+        let mut depth_m = Vec::with_capacity(h);
+        let mut wet = Vec::with_capacity(h);
+        let mut sheen = Vec::with_capacity(h);
+        let mut mirror_src = Vec::with_capacity(h);
+        // Rows within this many pixels below the horizon blend from dry to wet.
+        let ramp = (0.04 * h as f32).max(2.0);
+        for y in 0..h {
+            let below = y as f32 + 0.5 - horizon;
+            let d = if below > 0.0 {
+                (focal * cam.height_m / below).min(p.veil.max_depth_m)
+            } else {
+                p.veil.max_depth_m
+            };
+            depth_m.push(d);
+            let road = smoothstep(0.0, ramp, below);
+            wet.push(1.0 - p.wet_road.darkening * road);
+            // Grazing angles reflect more (Fresnel): strongest near the horizon.
+            let near_horizon = 1.0 - (below / (h as f32 - horizon).max(1.0)).clamp(0.0, 1.0);
+            sheen.push(p.wet_road.sheen * road * near_horizon.powf(1.5));
+            mirror_src.push((2.0 * horizon - (y as f32 + 0.5)).max(0.0));
+        }
+        RowModel {
+            depth_m,
+            wet,
+            sheen,
+            mirror_src,
+        }
+    }
+}
+
+/// The scene box-filtered by [`LOWRES`] in f32 RGB (0–255).
+struct LowRes {
+    w: usize,
+    h: usize,
+    data: Vec<f32>,
+    full_w: usize,
+    full_h: usize,
+}
+
+impl LowRes {
+    fn new(src: &[u8], w: usize, h: usize) -> Self {
+        let lw = w.div_ceil(LOWRES);
+        let lh = h.div_ceil(LOWRES);
+        let mut data = vec![0.0f32; lw * lh * 3];
+        data.par_chunks_mut(lw * 3)
+            .enumerate()
+            .for_each(|(ly, row)| {
+                let y0 = ly * LOWRES;
+                let y1 = (y0 + LOWRES).min(h);
+                let mut acc = vec![0u32; lw * 3];
+                let mut cnt = vec![0u32; lw];
+                for y in y0..y1 {
+                    let src_row = &src[y * w * 3..(y + 1) * w * 3];
+                    for (x, px) in src_row.chunks_exact(3).enumerate() {
+                        let lx = x / LOWRES;
+                        acc[3 * lx] += px[0] as u32;
+                        acc[3 * lx + 1] += px[1] as u32;
+                        acc[3 * lx + 2] += px[2] as u32;
+                        cnt[lx] += 1;
+                    }
+                }
+                for lx in 0..lw {
+                    let n = cnt[lx].max(1) as f32;
+                    for c in 0..3 {
+                        row[3 * lx + c] = acc[3 * lx + c] as f32 / n;
+                    }
+                }
+            });
+        LowRes {
+            w: lw,
+            h: lh,
+            data,
+            full_w: w,
+            full_h: h,
+        }
+    }
+
+    /// Mean colour of the whole image and of the rows above `horizon` (the sky; the whole image
+    /// when the horizon is at the top).
+    fn means(&self, horizon: usize) -> ([f32; 3], [f32; 3]) {
+        let mean_of = |rows: std::ops::Range<usize>| {
+            let mut s = [0.0f64; 3];
+            let mut n = 0usize;
+            for ly in rows {
+                for px in self.data[ly * self.w * 3..(ly + 1) * self.w * 3].chunks_exact(3) {
+                    for c in 0..3 {
+                        s[c] += px[c] as f64;
+                    }
+                    n += 1;
+                }
+            }
+            std::array::from_fn(|c| (s[c] / n.max(1) as f64) as f32)
+        };
+        let sky_rows = (horizon / LOWRES).clamp(1, self.h);
+        (mean_of(0..self.h), mean_of(0..sky_rows))
+    }
+
+    /// Bilinear sample at full-resolution coordinates (`x`, `y`), clamped to the image.
+    #[inline]
+    fn sample(&self, x: f32, y: f32) -> [f32; 3] {
+        let fx = (x / LOWRES as f32 - 0.5).clamp(0.0, (self.w - 1) as f32);
+        let fy = (y / LOWRES as f32 - 0.5).clamp(0.0, (self.h - 1) as f32);
+        let (x0, y0) = (fx as usize, fy as usize);
+        let (x1, y1) = ((x0 + 1).min(self.w - 1), (y0 + 1).min(self.h - 1));
+        let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
+        let at = |xx: usize, yy: usize, c: usize| self.data[(yy * self.w + xx) * 3 + c];
+        std::array::from_fn(|c| {
+            let top = at(x0, y0, c) * (1.0 - ax) + at(x1, y0, c) * ax;
+            let bot = at(x0, y1, c) * (1.0 - ax) + at(x1, y1, c) * ax;
+            top * (1.0 - ay) + bot * ay
+        })
+    }
+
+    /// Fills `out` (full-resolution RGB row) with the blurred scene at source row `y`.
+    fn mirror_row(&self, y: f32, out: &mut [f32]) {
+        for (x, px) in out.chunks_exact_mut(3).enumerate() {
+            px.copy_from_slice(&self.sample(x as f32 + 0.5, y));
+        }
+    }
+
+    /// Applies a per-row affine map (given for full-resolution rows) to a copy of this image.
+    fn map_rows(&self, coeffs: impl Fn(usize) -> ([f32; 3], [f32; 3])) -> LowRes {
+        let mut data = self.data.clone();
+        for (ly, row) in data.chunks_exact_mut(self.w * 3).enumerate() {
+            let y = (ly * LOWRES + LOWRES / 2).min(self.full_h - 1);
+            let (a, b) = coeffs(y);
+            for px in row.chunks_exact_mut(3) {
+                for c in 0..3 {
+                    px[c] = a[c] * px[c] + b[c];
+                }
+            }
+        }
+        LowRes {
+            w: self.w,
+            h: self.h,
+            data,
+            full_w: self.full_w,
+            full_h: self.full_h,
+        }
+    }
+}
+
+/// Draws the rows `y0..y0 + n_rows` of one lens drop into `out` (RGB8 rows of width `w`).
+fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize, n_rows: usize) {
+    // A drop on the glass is far out of focus at its rim: soften over ~12% of the radius.
+    let edge = 0.12f32.max(1.5 / d.rx);
+    let reach = 1.0 + edge;
+    let y_lo = ((d.cy - d.ry * reach).floor().max(y0 as f32)) as usize;
+    let y_hi = ((d.cy + d.ry * reach).ceil().max(0.0) as usize).min(y0 + n_rows);
+    if y_lo >= y_hi {
+        return;
+    }
+    let x_lo = (d.cx - d.rx * reach).floor().max(0.0) as usize;
+    let x_hi = ((d.cx + d.rx * reach).ceil().max(0.0) as usize).min(w);
+    for y in y_lo..y_hi {
+        let v = (y as f32 + 0.5 - d.cy) / d.ry;
+        let row = &mut out[(y - y0) * w * 3..(y - y0 + 1) * w * 3];
+        for x in x_lo..x_hi {
+            let u = (x as f32 + 0.5 - d.cx) / d.rx;
+            let rho = (u * u + v * v).sqrt();
+            if rho >= reach {
+                continue;
+            }
+            let cover = 1.0 - smoothstep(1.0 - edge, reach, rho);
+            // The drop is a small fish-eye lens: an inverted, wider view of the scene.
+            let sx = d.cx - u * d.rx * d.view;
+            let sy = d.cy - v * d.ry * d.view * 0.8;
+            let scene = view.sample(sx, sy);
+            // Total internal reflection darkens the rim; a highlight sits up-left.
+            let rim = 1.0 - 0.45 * smoothstep(0.6, 1.0, rho);
+            let hl = {
+                let (hx, hy) = (u + 0.35, v + 0.45);
+                70.0 * (-(hx * hx + hy * hy) / 0.02).exp()
+            };
+            let a = cover * d.opacity;
+            let px = &mut row[3 * x..3 * x + 3];
+            for c in 0..3 {
+                let drop_v = (scene[c] * 1.05 * rim + hl).min(255.0);
+                let v0 = px[c] as f32;
+                px[c] = (v0 + a * (drop_v - v0)).clamp(0.0, 255.0).round() as u8;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rain::Preset;
+
+    fn scene(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            if (y as f32) < h as f32 * 0.5 {
+                image::Rgb([150, 180, 220]) // sky
+            } else {
+                image::Rgb([(60 + x % 40) as u8, 70, (50 + y % 30) as u8]) // road
+            }
+        })
+    }
+
+    fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(&x, &y)| (x as f64 - y as f64).abs())
+            .sum::<f64>()
+            / a.as_raw().len() as f64
+    }
+
+    #[test]
+    fn deterministic_for_a_seed_and_independent_of_threads() {
+        let img = scene(160, 90);
+        let p = RainParams::preset(Preset::Heavy);
+        let r = RainRenderer::new(&p, 160, 90, 7).unwrap();
+        let a = r.render(&img, 3, None).unwrap();
+        let b = r.render(&img, 3, None).unwrap();
+        assert_eq!(a, b);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let c = one.install(|| r.render(&img, 3, None).unwrap());
+        assert_eq!(a, c, "output must not depend on the thread count");
+        let other = RainRenderer::new(&p, 160, 90, 8)
+            .unwrap()
+            .render(&img, 3, None)
+            .unwrap();
+        assert_ne!(a, other, "another seed gives other rain");
+    }
+
+    #[test]
+    fn heavier_presets_change_the_image_more() {
+        let img = scene(320, 180);
+        let diffs: Vec<f64> = Preset::ALL
+            .iter()
+            .map(|&pr| {
+                let r = RainRenderer::new(&RainParams::preset(pr), 320, 180, 1).unwrap();
+                mean_abs_diff(&img, &r.render(&img, 0, None).unwrap())
+            })
+            .collect();
+        for w in diffs.windows(2) {
+            assert!(w[1] > w[0], "{diffs:?}");
+        }
+        assert!(diffs[0] > 1.0, "{diffs:?}");
+    }
+
+    #[test]
+    fn streak_counts_follow_the_rain_rate() {
+        let mut p = RainParams::preset(Preset::Heavy);
+        let n25 = RainRenderer::new(&p, 1280, 720, 3).unwrap().streak_count();
+        p.rate_mm_h = 75.0;
+        let n75 = RainRenderer::new(&p, 1280, 720, 3).unwrap().streak_count();
+        assert!(n25 > 500 && n75 > n25 * 3 / 2, "{n25} {n75}");
+        p.streaks.enabled = false;
+        assert_eq!(
+            RainRenderer::new(&p, 1280, 720, 3).unwrap().streak_count(),
+            0
+        );
+    }
+
+    #[test]
+    fn veil_only_matches_the_scattering_formula() {
+        let mut p = RainParams::preset(Preset::Heavy);
+        p.streaks.enabled = false;
+        p.lens_drops.count = 0;
+        p.wet_road.darkening = 0.0;
+        p.wet_road.sheen = 0.0;
+        p.tone = crate::rain::params::ToneParams {
+            contrast: 1.0,
+            brightness: 1.0,
+            tint: [1.0; 3],
+        };
+        let img = RgbImage::from_pixel(64, 64, image::Rgb([20, 100, 200]));
+        // A user depth map: 100 m everywhere.
+        let depth = vec![100.0f32; 64 * 64];
+        let dm = DepthMap {
+            width: 64,
+            height: 64,
+            metres: &depth,
+        };
+        let r = RainRenderer::new(&p, 64, 64, 0).unwrap();
+        let out = r.render(&img, 0, Some(&dm)).unwrap();
+        let t = (-p.extinction_per_m() * 100.0).exp();
+        for c in 0..3 {
+            let j = img.get_pixel(10, 10).0[c] as f32;
+            let want = j * t + p.veil.airlight[c] * 255.0 * (1.0 - t);
+            assert!(
+                (out.get_pixel(10, 10).0[c] as f32 - want).abs() <= 0.5 + 1e-3,
+                "c={c}"
+            );
+        }
+        // Ground-plane prior: rows near the bottom are close, so less veiled than the sky.
+        let out = r.render(&img, 0, None).unwrap();
+        let dark = |y| out.get_pixel(32, y).0[0] as i32;
+        assert!(
+            dark(63) < dark(5),
+            "near rows keep more of the dark red channel"
+        );
+    }
+
+    #[test]
+    fn video_is_temporally_coherent() {
+        let img = scene(200, 120);
+        let mut p = RainParams::preset(Preset::Heavy);
+        p.lens_drops.count = 8;
+        let r = RainRenderer::new(&p, 200, 120, 5).unwrap();
+        // Every streak falls by exactly its per-frame step along its direction (up to the wrap).
+        let (s0, s1) = (r.place_streaks(0), r.place_streaks(1));
+        let mut moved = 0;
+        for ((a, b), st) in s0.iter().zip(&s1).zip(&r.streaks) {
+            let (mx, my) = (b.tx - a.tx, b.ty - a.ty);
+            let (ex, ey) = (st.dx * st.step, st.dy * st.step);
+            if (mx - ex).abs() < 1e-2 && (my - ey).abs() < 1e-2 {
+                moved += 1;
+            }
+        }
+        assert!(moved * 10 >= s0.len() * 7, "{moved} of {}", s0.len());
+        // Lens drops persist: most drops sit at the same place in consecutive frames.
+        let d0 = r.place_drops(10);
+        let d1 = r.place_drops(11);
+        let same = d0
+            .iter()
+            .filter(|a| d1.iter().any(|b| (a.cx - b.cx).abs() < 1e-3))
+            .count();
+        assert!(
+            !d0.is_empty() && same + 2 >= d0.len(),
+            "{} of {}",
+            same,
+            d0.len()
+        );
+        // Consecutive frames differ (rain moves).
+        assert_ne!(
+            r.render(&img, 10, None).unwrap(),
+            r.render(&img, 11, None).unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_sizes() {
+        let p = RainParams::preset(Preset::Drizzle);
+        let r = RainRenderer::new(&p, 32, 32, 0).unwrap();
+        assert!(matches!(
+            r.render(&scene(16, 16), 0, None),
+            Err(RainError::SizeMismatch { .. })
+        ));
+        assert!(RainRenderer::new(&p, 1, 32, 0).is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! `raincheck rain`: physical rain onto one image, a folder of images, or a video.
+//!
+//! Each output keeps its input's file stem. Still images get the same rain as `raincheck generate`
+//! gives the same stem and seed; a video gets one particle field for the whole clip, so its rain
+//! is temporally coherent.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::dataset::{DatasetError, Result};
+use crate::image_io;
+use crate::rain::{mix_seed, DepthMap, RainParams, RainRenderer};
+
+pub struct RainJob {
+    /// An image, a folder of images, or a video.
+    pub input: PathBuf,
+    /// Output folder (created).
+    pub out: PathBuf,
+    pub params: RainParams,
+    pub seed: u64,
+    /// A depth PNG (for an image) or a folder of them named by stem (for a folder).
+    pub depth: Option<PathBuf>,
+    /// Depth PNG value per metre.
+    pub depth_scale: f32,
+    pub progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RainSummary {
+    pub outputs: Vec<PathBuf>,
+    pub frames: u64,
+}
+
+/// The seed of the rain on a still image with this stem (shared with `generate`).
+pub fn image_seed(seed: u64, stem: &str) -> u64 {
+    mix_seed(seed, crate::dataset::id_hash("raincheck-rain", stem))
+}
+
+fn stem_of(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into())
+}
+
+pub fn run(job: &RainJob) -> Result<RainSummary> {
+    let input = &job.input;
+    if !input.exists() {
+        return Err(DatasetError::Path {
+            path: input.clone(),
+            why: "no such file or folder".into(),
+        });
+    }
+    if job.out.exists() && !job.out.is_dir() {
+        return Err(DatasetError::Path {
+            path: job.out.clone(),
+            why: "exists and is not a folder (--out takes a folder)".into(),
+        });
+    }
+    std::fs::create_dir_all(&job.out).map_err(crate::dataset::io_err(&job.out))?;
+    if input.is_dir() {
+        let images = image_io::list_images(input)?;
+        if images.is_empty() {
+            return Err(DatasetError::Path {
+                path: input.clone(),
+                why: "contains no PNG or JPEG images".into(),
+            });
+        }
+        let pb = crate::progress::bar(images.len() as u64, "raining", job.progress);
+        let mut outputs = Vec::new();
+        for img in &images {
+            let depth = match &job.depth {
+                Some(dir) => Some(dir.join(format!("{}.png", stem_of(img)))),
+                None => None,
+            };
+            outputs.push(rain_image(job, img, depth.as_deref())?);
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let frames = outputs.len() as u64;
+        return Ok(RainSummary { outputs, frames });
+    }
+    if image_io::is_image_path(input) {
+        let out = rain_image(job, input, job.depth.as_deref())?;
+        return Ok(RainSummary {
+            outputs: vec![out],
+            frames: 1,
+        });
+    }
+    rain_video(job)
+}
+
+fn rain_image(job: &RainJob, path: &Path, depth: Option<&Path>) -> Result<PathBuf> {
+    let img = image_io::load_rgb8(path)?;
+    let stem = stem_of(path);
+    let renderer = RainRenderer::new(
+        &job.params,
+        img.width(),
+        img.height(),
+        image_seed(job.seed, &stem),
+    )?;
+    let depth = match depth {
+        Some(p) => Some(image_io::load_depth_png(p, job.depth_scale)?),
+        None => None,
+    };
+    let dm = depth.as_ref().map(|(w, h, m)| DepthMap {
+        width: *w,
+        height: *h,
+        metres: m,
+    });
+    let rainy = renderer
+        .render(&img, 0, dm.as_ref())
+        .map_err(|e| DatasetError::Path {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    let out = job.out.join(format!("{stem}.png"));
+    image_io::save_png(&rainy, &out)?;
+    Ok(out)
+}
+
+#[cfg(feature = "video")]
+fn rain_video(job: &RainJob) -> Result<RainSummary> {
+    use crate::video::{VideoReader, VideoSource, VideoWriter};
+    let input = &job.input;
+    let mut reader = VideoReader::open(&VideoSource::File(input.clone()))?;
+    let ext = match input
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+    {
+        Some(e) if e == "avi" || e == "mkv" => e,
+        _ => "mp4".to_string(),
+    };
+    let stem = stem_of(input);
+    let out = job.out.join(format!("{stem}.{ext}"));
+    let renderer = RainRenderer::new(
+        &job.params,
+        reader.width,
+        reader.height,
+        image_seed(job.seed, &stem),
+    )?;
+    let mut writer = VideoWriter::create(&out, reader.fps, reader.width, reader.height)?;
+    let pb = crate::progress::bar(reader.frame_count, "raining", job.progress);
+    let mut rainy = image_io::RgbImage::new(reader.width, reader.height);
+    while let Some(frame) = reader.next_frame()? {
+        let index = reader.position() - 1;
+        renderer.render_into(&frame, index, None, &mut rainy)?;
+        writer.write(&rainy)?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let frames = writer.frames_written();
+    if frames == 0 {
+        return Err(crate::video::VideoError::NoFrames {
+            source_name: input.display().to_string(),
+        }
+        .into());
+    }
+    if reader.frame_count > 0 && frames < reader.frame_count {
+        tracing::warn!(
+            "{}: only {frames} of {} frames could be decoded (truncated or corrupt video)",
+            input.display(),
+            reader.frame_count
+        );
+    }
+    let out = writer.finish()?;
+    Ok(RainSummary {
+        outputs: vec![out],
+        frames,
+    })
+}
+
+#[cfg(not(feature = "video"))]
+fn rain_video(job: &RainJob) -> Result<RainSummary> {
+    Err(DatasetError::Path {
+        path: job.input.clone(),
+        why: "is not a PNG/JPEG image; video input needs the `video` feature".into(),
+    })
+}

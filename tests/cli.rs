@@ -1,0 +1,708 @@
+//! Integration tests: the real `raincheck` executable in temporary folders, on small copies of
+//! the bundled real frames and clip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn exe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_raincheck"));
+    c.arg("--quiet");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    exe().args(args).output().expect("raincheck runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "raincheck {args:?} failed ({}):\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs a command that must fail with `code`, and returns its stderr.
+fn fails(args: &[&str], code: i32) -> String {
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(code), "raincheck {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/samples")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Small versions (160x90) of `n` bundled frames, as PNG, in `dir`.
+fn small_frames(dir: &Path, n: usize) -> PathBuf {
+    let out = dir.join("clear");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut frames: Vec<_> = std::fs::read_dir(samples().join("frames"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    frames.sort();
+    for p in frames.iter().take(n) {
+        let img = image::open(p).unwrap().to_rgb8();
+        let small = image::imageops::resize(&img, 160, 90, image::imageops::FilterType::Triangle);
+        small
+            .save(out.join(format!("{}.png", p.file_stem().unwrap().to_str().unwrap())))
+            .unwrap();
+    }
+    out
+}
+
+fn tree_bytes(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in ["clean", "rainy"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            out.push((
+                format!("{sub}/{}", f.file_name().unwrap().to_str().unwrap()),
+                std::fs::read(&f).unwrap(),
+            ));
+        }
+    }
+    out.push((
+        "manifest".into(),
+        std::fs::read(root.join("manifest.jsonl")).unwrap(),
+    ));
+    out
+}
+
+/// Asserts two datasets hold the same files with the same bytes, naming the first difference.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree_bytes(a), tree_bytes(b));
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ta), names(&tb), "{} vs {}", a.display(), b.display());
+    for ((name, x), (_, y)) in ta.iter().zip(&tb) {
+        if x != y {
+            let show = |v: &[u8]| String::from_utf8_lossy(&v[..v.len().min(3000)]).into_owned();
+            panic!(
+                "{name} differs between {} and {}:\n{}\n---\n{}",
+                a.display(),
+                b.display(),
+                show(x),
+                show(y)
+            );
+        }
+    }
+}
+
+fn manifest(root: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn generate_is_deterministic_and_complete() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 6);
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    for out in [&a, &b] {
+        ok(&[
+            "generate",
+            "--clear",
+            s(&clear),
+            "--out",
+            s(out),
+            "--seed",
+            "3",
+            "--rain",
+            "physical:heavy",
+        ]);
+    }
+    assert_same_tree(&a, &b);
+    let m = manifest(&a);
+    assert_eq!(m.len(), 6);
+    for rec in &m {
+        for key in [
+            "id", "clean", "rainy", "split", "method", "seed", "rain", "width", "height", "sha256",
+            "source",
+        ] {
+            assert!(rec.get(key).is_some(), "manifest lacks {key}: {rec}");
+        }
+        assert_eq!(rec["width"], 160);
+        assert_eq!(rec["rain"]["rate_mm_h"], 25.0);
+        assert!(a.join(rec["rainy"].as_str().unwrap()).is_file());
+    }
+    let toml = std::fs::read_to_string(a.join("dataset.toml")).unwrap();
+    assert!(
+        toml.contains("format = \"raincheck-dataset\"") && toml.contains("pairs = 6"),
+        "{toml}"
+    );
+    assert!(!a.join(".journal.jsonl").exists() && !a.join(".generate.json").exists());
+    let out = ok(&["dataset", "verify", s(&a)]);
+    assert!(out.contains("6 of 6 pairs ok"), "{out}");
+    // A rerun of a finished dataset is a no-op; other settings into it are refused.
+    assert!(ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&a),
+        "--seed",
+        "3"
+    ])
+    .contains("already complete"));
+    let err = fails(
+        &[
+            "generate",
+            "--clear",
+            s(&clear),
+            "--out",
+            s(&a),
+            "--seed",
+            "4",
+        ],
+        1,
+    );
+    assert!(err.contains("other settings"), "{err}");
+    // Another seed gives other rain on the same clean images.
+    let c = t.path().join("c");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&c),
+        "--seed",
+        "4",
+    ]);
+    let (ta, tc) = (tree_bytes(&a), tree_bytes(&c));
+    assert!(ta[0] == tc[0], "clean halves are the same");
+    assert!(ta[6] != tc[6], "rainy halves differ");
+}
+
+#[test]
+fn splits_are_stable_when_images_are_added() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 10);
+    let few = t.path().join("few");
+    std::fs::create_dir_all(&few).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&clear)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for p in names.iter().take(5) {
+        std::fs::copy(p, few.join(p.file_name().unwrap())).unwrap();
+    }
+    let (d1, d2) = (t.path().join("d1"), t.path().join("d2"));
+    ok(&[
+        "generate",
+        "--clear",
+        s(&few),
+        "--out",
+        s(&d1),
+        "--split",
+        "0.5,0.25,0.25",
+    ]);
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&d2),
+        "--split",
+        "0.5,0.25,0.25",
+    ]);
+    let m2 = manifest(&d2);
+    for rec in manifest(&d1) {
+        let same = m2.iter().find(|r| r["id"] == rec["id"]).unwrap();
+        assert_eq!(same["split"], rec["split"], "{}", rec["id"]);
+        assert_eq!(same["sha256"], rec["sha256"], "{}", rec["id"]);
+    }
+    let splits: std::collections::HashSet<String> = m2
+        .iter()
+        .map(|r| r["split"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        splits.len() >= 2,
+        "10 images spread over splits: {splits:?}"
+    );
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_dataset() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 8);
+    let whole = t.path().join("whole");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&whole),
+        "--seed",
+        "9",
+    ]);
+    let mut shards = Vec::new();
+    for i in 1..=3 {
+        let d = t.path().join(format!("shard{i}"));
+        ok(&[
+            "generate",
+            "--clear",
+            s(&clear),
+            "--out",
+            s(&d),
+            "--seed",
+            "9",
+            "--shard",
+            &format!("{i}/3"),
+        ]);
+        shards.push(d);
+    }
+    let total: usize = shards.iter().map(|d| manifest(d).len()).sum();
+    assert_eq!(total, 8, "shards are disjoint and complete");
+    let merged = t.path().join("merged");
+    let mut args = vec!["dataset", "merge"];
+    args.extend(shards.iter().map(|d| s(d)));
+    args.extend(["--out", s(&merged)]);
+    ok(&args);
+    assert_same_tree(&merged, &whole);
+    assert!(ok(&["dataset", "verify", s(&merged)]).contains("8 of 8"));
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["dataset", "info", s(&merged)])).unwrap();
+    assert_eq!(info["pairs"], 8);
+    assert!(info["generation"]["shard"].is_null());
+    // Merging onto an existing dataset is refused.
+    let err = fails(
+        &[
+            "dataset",
+            "merge",
+            s(&shards[0]),
+            s(&shards[1]),
+            "--out",
+            s(&whole),
+        ],
+        1,
+    );
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn interrupted_generate_resumes_to_the_same_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 6);
+    let fresh = t.path().join("fresh");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&fresh),
+        "--seed",
+        "5",
+    ]);
+
+    // A state such as a kill leaves: two pairs journaled, a torn journal line, a stray
+    // temporary file, and a third pair whose files exist but that was never journaled.
+    let broken = t.path().join("broken");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&broken),
+        "--seed",
+        "5",
+    ]);
+    let lines: Vec<String> = std::fs::read_to_string(broken.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    std::fs::remove_file(broken.join("manifest.jsonl")).unwrap();
+    let spec: toml::Value =
+        toml::from_str(&std::fs::read_to_string(broken.join("dataset.toml")).unwrap()).unwrap();
+    std::fs::remove_file(broken.join("dataset.toml")).unwrap();
+    let spec_json = serde_json::to_string(&spec["generation"]).unwrap();
+    std::fs::write(broken.join(".generate.json"), spec_json).unwrap();
+    let torn = &lines[2][..lines[2].len() / 2];
+    std::fs::write(
+        broken.join(".journal.jsonl"),
+        format!("{}\n{}\n{torn}", lines[0], lines[1]),
+    )
+    .unwrap();
+    std::fs::write(broken.join("rainy/.x.png.123.tmp.png"), b"half").unwrap();
+    let last: serde_json::Value = serde_json::from_str(&lines[5]).unwrap();
+    std::fs::write(
+        broken.join(last["rainy"].as_str().unwrap()),
+        b"garbage from a killed writer",
+    )
+    .unwrap();
+    let out = ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&broken),
+        "--seed",
+        "5",
+    ]);
+    assert!(out.contains("2 from an earlier run"), "{out}");
+    assert_same_tree(&broken, &fresh);
+    assert!(!broken.join("rainy/.x.png.123.tmp.png").exists());
+
+    // A real kill: SIGKILL while generating (larger frames so that it takes a while), then rerun.
+    let big = t.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for e in std::fs::read_dir(samples().join("frames")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, big.join(p.file_name().unwrap())).unwrap();
+    }
+    let killed = t.path().join("killed");
+    let mut child = exe()
+        .args([
+            "--threads",
+            "1",
+            "generate",
+            "--clear",
+            s(&big),
+            "--out",
+            s(&killed),
+            "--seed",
+            "5",
+        ])
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs() < 60 {
+        let n = std::fs::read_to_string(killed.join(".journal.jsonl"))
+            .map(|j| j.lines().count())
+            .unwrap_or(0);
+        if n >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(&[
+        "generate",
+        "--clear",
+        s(&big),
+        "--out",
+        s(&killed),
+        "--seed",
+        "5",
+    ]);
+    let reference = t.path().join("reference");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&big),
+        "--out",
+        s(&reference),
+        "--seed",
+        "5",
+    ]);
+    assert_same_tree(&killed, &reference);
+}
+
+#[test]
+fn verify_reports_missing_and_corrupt_files() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 4);
+    let d = t.path().join("d");
+    ok(&["generate", "--clear", s(&clear), "--out", s(&d)]);
+    let m = manifest(&d);
+    std::fs::remove_file(d.join(m[0]["clean"].as_str().unwrap())).unwrap();
+    std::fs::write(d.join(m[1]["rainy"].as_str().unwrap()), b"flipped bits").unwrap();
+    let o = run(&["dataset", "verify", s(&d)]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("missing  {}", m[0]["id"].as_str().unwrap())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("corrupt  {}", m[1]["id"].as_str().unwrap())),
+        "{out}"
+    );
+    assert!(out.contains("2 of 4 pairs ok"), "{out}");
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 3);
+    // Corrupt, truncated and zero-byte images: named, the good pairs kept, nothing panics.
+    let bad = t.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for e in std::fs::read_dir(&clear).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, bad.join(p.file_name().unwrap())).unwrap();
+    }
+    let jpeg = std::fs::read(samples().join("frames/udacity_solidWhiteRight.jpg")).unwrap();
+    std::fs::write(bad.join("truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    std::fs::write(bad.join("empty.png"), b"").unwrap();
+    std::fs::write(
+        bad.join("garbage.png"),
+        b"\x89PNG\r\n\x1a\nthis is not really a png",
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    let err = fails(&["generate", "--clear", s(&bad), "--out", s(&out)], 1);
+    for name in ["truncated.jpg", "empty.png", "garbage.png"] {
+        assert!(err.contains(name), "{name} not named in: {err}");
+    }
+    assert!(err.contains("3 good pairs are kept"), "{err}");
+    // With --skip-bad the dataset completes from the good pairs (resuming the kept ones).
+    let o = ok(&[
+        "generate",
+        "--clear",
+        s(&bad),
+        "--out",
+        s(&out),
+        "--skip-bad",
+    ]);
+    assert!(
+        o.contains("3 pairs") && o.contains("3 from an earlier run"),
+        "{o}"
+    );
+
+    // An empty folder, a missing folder, an output that is a file, a foreign folder.
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert!(fails(
+        &[
+            "generate",
+            "--clear",
+            s(&empty),
+            "--out",
+            s(&t.path().join("o1"))
+        ],
+        1
+    )
+    .contains("no PNG or JPEG"));
+    assert!(fails(
+        &[
+            "generate",
+            "--clear",
+            "/nonexistent/x",
+            "--out",
+            s(&t.path().join("o2"))
+        ],
+        1
+    )
+    .contains("/nonexistent/x"));
+    let file = t.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    assert!(
+        fails(&["generate", "--clear", s(&clear), "--out", s(&file)], 1).contains("not a folder")
+    );
+    assert!(
+        fails(&["generate", "--clear", s(&clear), "--out", s(&clear)], 1)
+            .contains("not a raincheck dataset")
+    );
+    // Usage errors exit 2 and name the flag or value.
+    assert!(fails(
+        &[
+            "generate",
+            "--clear",
+            s(&clear),
+            "--out",
+            s(&t.path().join("o3")),
+            "--shard",
+            "3/2"
+        ],
+        2
+    )
+    .contains("3/2"));
+    assert!(fails(
+        &[
+            "generate",
+            "--clear",
+            s(&clear),
+            "--out",
+            s(&t.path().join("o4")),
+            "--rain",
+            "physical:monsoon"
+        ],
+        2
+    )
+    .contains("monsoon"));
+    assert!(fails(
+        &[
+            "rain",
+            s(&clear),
+            "--out",
+            s(&t.path().join("o5")),
+            "--set",
+            "veil.nope=1"
+        ],
+        2
+    )
+    .contains("veil.nope"));
+    assert!(fails(
+        &[
+            "generate",
+            "--clear",
+            s(&clear),
+            "--out",
+            s(&t.path().join("o6")),
+            "--size",
+            "640"
+        ],
+        2
+    )
+    .contains("640"));
+    // Unreadable video.
+    let fake = t.path().join("fake.mp4");
+    std::fs::write(&fake, b"not a video at all").unwrap();
+    assert!(fails(&["rain", s(&fake), "--out", s(&t.path().join("o7"))], 1).contains("fake.mp4"));
+    assert!(fails(&["frames", s(&fake), "--out", s(&t.path().join("o8"))], 1).contains("fake.mp4"));
+    assert!(fails(&["dataset", "verify", s(&clear)], 1).contains("dataset.toml"));
+}
+
+#[test]
+fn rain_on_image_folder_and_video() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 2);
+    let out = t.path().join("out");
+    let stdout = ok(&[
+        "rain",
+        s(&clear),
+        "--out",
+        s(&out),
+        "--preset",
+        "torrential",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!(stdout.lines().count(), 2);
+    let mut names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    let mut want: Vec<_> = std::fs::read_dir(&clear)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "outputs keep the input stems");
+    // One image gives the same rain as `generate` with the same seed and stem.
+    let one = t.path().join("one");
+    let first = std::fs::read_dir(&clear)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    ok(&["rain", s(&first), "--out", s(&one), "--seed", "7"]);
+    let ds = t.path().join("ds");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&ds),
+        "--seed",
+        "7",
+    ]);
+    let name = first.file_name().unwrap();
+    assert_eq!(
+        std::fs::read(one.join(name)).unwrap(),
+        std::fs::read(ds.join("rainy").join(name)).unwrap()
+    );
+    // Parameters print as JSON, overrides applied.
+    let p: serde_json::Value = serde_json::from_str(&ok(&[
+        "rain",
+        "--print-params",
+        "--preset",
+        "drizzle",
+        "--set",
+        "rate_mm_h=3",
+    ]))
+    .unwrap();
+    assert_eq!(p["rate_mm_h"], 3.0);
+
+    // A short clip: same frame count and size, written atomically.
+    let clip = t.path().join("clip.avi");
+    {
+        let mut frames = Vec::new();
+        for e in std::fs::read_dir(&clear).unwrap() {
+            frames.push(image::open(e.unwrap().path()).unwrap().to_rgb8());
+        }
+        let mut w = raincheck::video::VideoWriter::create(&clip, 10.0, 160, 90).unwrap();
+        for i in 0..6 {
+            w.write(&frames[i % frames.len()]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let vout = t.path().join("vout");
+    ok(&["rain", s(&clip), "--out", s(&vout)]);
+    let mut r = raincheck::video::VideoReader::open(&raincheck::video::VideoSource::File(
+        vout.join("clip.avi"),
+    ))
+    .unwrap();
+    assert_eq!((r.width, r.height), (160, 90));
+    let mut n = 0;
+    while r.next_frame().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 6);
+    // Frames from the clip, then a dataset straight from the clip.
+    let fr = t.path().join("frames");
+    let o = ok(&["frames", s(&clip), "--every", "2", "--out", s(&fr)]);
+    assert!(o.contains("3 frames written"), "{o}");
+    assert!(fr.join("clip_000004.png").is_file());
+    assert!(ok(&["frames", s(&clip), "--every", "2", "--out", s(&fr)])
+        .contains("0 frames written, 3 already there"));
+    let vds = t.path().join("vds");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clip),
+        "--every",
+        "3",
+        "--out",
+        s(&vds),
+    ]);
+    let ids: Vec<String> = manifest(&vds)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["clip_000000", "clip_000003"]);
+}
+
+#[test]
+fn inspect_writes_a_recording() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 3);
+    let d = t.path().join("d");
+    ok(&["generate", "--clear", s(&clear), "--out", s(&d)]);
+    let rrd = t.path().join("pairs.rrd");
+    let out = ok(&["inspect", s(&d), "--save", s(&rrd)]);
+    assert!(out.contains("3 pairs logged"), "{out}");
+    let bytes = std::fs::read(&rrd).unwrap();
+    assert!(
+        bytes.len() > 3 * 1000,
+        "three JPEG pairs are in the recording"
+    );
+    assert_eq!(&bytes[..4], b"RRF2", "an .rrd file");
+    let text = String::from_utf8_lossy(&bytes);
+    for entity in ["pairs/clean", "pairs/rainy", "pairs/params"] {
+        assert!(text.contains(entity), "{entity} missing from the recording");
+    }
+    assert!(fails(&["inspect", s(&d)], 2).contains("--save"));
+}
