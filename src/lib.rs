@@ -5,7 +5,9 @@
 //! sink every stage logs through. See ARCHITECTURE.md for the module map and its invariants.
 
 pub mod dataset;
+pub mod eval;
 pub mod image_io;
+pub mod metrics;
 pub mod progress;
 pub mod rain;
 pub mod synth;

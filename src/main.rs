@@ -45,6 +45,30 @@ enum Command {
     Dataset(DatasetCommand),
     /// Log a dataset's pairs with their rain parameters to the Rerun viewer.
     Inspect(InspectArgs),
+    /// Score de-rained outputs against clean targets (PSNR/SSIM, Y-channel protocol) and
+    /// their quality gain over the rainy inputs; writes a report folder.
+    ///
+    /// Files are paired by stem (0001.png ↔ 0001.jpg). The report folder gets report.json,
+    /// per_image.csv, report.md and grid.png; stdout gets a summary table.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Folder of de-rained outputs (any tool's).
+    #[arg(long)]
+    pred: PathBuf,
+    /// Folder of clean targets.
+    #[arg(long)]
+    target: PathBuf,
+    /// Folder of rainy inputs: adds input scores and the quality gain.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Report folder (created; files in it are replaced).
+    #[arg(long)]
+    report: PathBuf,
+    #[command(flatten)]
+    rerun: RerunArgs,
 }
 
 /// Rain parameters shared by `rain` and `generate`.
@@ -347,6 +371,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dataset(DatasetCommand::Info { dataset: root }) => {
             let ds = dataset::Dataset::open(&root)?;
             print_json(&ds.info)?;
+        }
+        Command::Eval(a) => {
+            let cfg = raincheck::eval::EvalConfig {
+                pred: a.pred,
+                target: a.target,
+                input: a.input,
+                report: a.report,
+                rerun: a.rerun.target(),
+                jpeg_quality: a.rerun.rerun_jpeg_quality,
+                progress,
+            };
+            let report = raincheck::eval::run(&cfg)?;
+            println!("{}", raincheck::eval::summary_table(&report));
+            println!("report: {}", cfg.report.display());
         }
         Command::Inspect(a) => {
             let target = a.rerun.target().ok_or_else(|| {

@@ -19,6 +19,12 @@ pub mod paths {
     pub const PAIR_RATE: &str = "pairs/rain_rate_mm_h";
     /// Timeline of `raincheck inspect`: the pair's index in the manifest.
     pub const TIMELINE_PAIR: &str = "pair";
+    /// `raincheck eval`: per-image scalars under `eval/output/METRIC` and `eval/input/METRIC`.
+    pub const EVAL: &str = "eval";
+    /// `raincheck eval`: the best/worst grid.
+    pub const EVAL_GRID: &str = "eval/grid";
+    /// Timeline of `raincheck eval`: the image's index (sorted by id).
+    pub const TIMELINE_IMAGE: &str = "image";
 }
 
 #[derive(Debug, thiserror::Error)]

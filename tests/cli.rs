@@ -567,15 +567,47 @@ fn bad_inputs_get_clear_errors() {
     )
     .contains("640"));
     // Unreadable video.
-    let fake = t.path().join("fake.mp4");
+    #[cfg(feature = "video")]
+    bad_video(t.path());
+}
+
+#[cfg(feature = "video")]
+fn bad_video(t: &Path) {
+    let fake = t.join("fake.mp4");
     std::fs::write(&fake, b"not a video at all").unwrap();
-    assert!(fails(&["rain", s(&fake), "--out", s(&t.path().join("o7"))], 1).contains("fake.mp4"));
-    assert!(fails(&["frames", s(&fake), "--out", s(&t.path().join("o8"))], 1).contains("fake.mp4"));
-    assert!(fails(&["dataset", "verify", s(&clear)], 1).contains("dataset.toml"));
+    assert!(fails(&["rain", s(&fake), "--out", s(&t.join("o7"))], 1).contains("fake.mp4"));
+    assert!(fails(&["frames", s(&fake), "--out", s(&t.join("o8"))], 1).contains("fake.mp4"));
+    assert!(fails(
+        &["generate", "--clear", s(&fake), "--out", s(&t.join("o9"))],
+        1
+    )
+    .contains("fake.mp4"));
+    // A truncated real clip: either refused with its name, or the decodable part is used;
+    // never a panic, never a half-written output.
+    let clip = std::fs::read(samples().join("video/solid_white_right.mp4")).unwrap();
+    let cut = t.join("cut.mp4");
+    std::fs::write(&cut, &clip[..clip.len() / 3]).unwrap();
+    let out = t.join("o10");
+    let o = run(&["rain", s(&cut), "--out", s(&out)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    if o.status.success() {
+        assert!(out.join("cut.mp4").is_file());
+    } else {
+        assert!(err.contains("cut.mp4"), "{err}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name())
+                .filter(|n| n.to_string_lossy().contains(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
-fn rain_on_image_folder_and_video() {
+fn rain_on_images_and_folders() {
     let t = tempfile::tempdir().unwrap();
     let clear = small_frames(t.path(), 2);
     let out = t.path().join("out");
@@ -635,7 +667,13 @@ fn rain_on_image_folder_and_video() {
     ]))
     .unwrap();
     assert_eq!(p["rate_mm_h"], 3.0);
+}
 
+#[cfg(feature = "video")]
+#[test]
+fn rain_frames_and_generate_on_video() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 2);
     // A short clip: same frame count and size, written atomically.
     let clip = t.path().join("clip.avi");
     {
@@ -705,4 +743,323 @@ fn inspect_writes_a_recording() {
         assert!(text.contains(entity), "{entity} missing from the recording");
     }
     assert!(fails(&["inspect", s(&d)], 2).contains("--save"));
+}
+
+#[test]
+fn reader_batches_are_deterministic_cropped_and_flipped() {
+    use raincheck::dataset::{PairReader, ReaderConfig, Split};
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 6);
+    let d = t.path().join("d");
+    ok(&[
+        "generate",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&d),
+        "--split",
+        "1,0,0",
+    ]);
+    let cfg = ReaderConfig {
+        split: Split::Train,
+        batch: 4,
+        crop: Some((32, 24)),
+        seed: 11,
+        workers: 3,
+        ..Default::default()
+    };
+    let reader = PairReader::open(&d, cfg.clone()).unwrap();
+    assert_eq!(reader.len(), 6);
+    assert_eq!(reader.batches_per_epoch(), 2);
+    let streamed: Vec<_> = reader.iter_from(0).take(5).map(|b| b.unwrap()).collect();
+    for (k, b) in streamed.iter().enumerate() {
+        assert_eq!(b.index, k as u64);
+        assert_eq!(b.clean.dims(), &[4, 3, 24, 32]);
+        assert_eq!(b.rainy.dims(), &[4, 3, 24, 32]);
+        // The same batch computed directly, by another reader with one worker, is identical.
+        let other = PairReader::open(
+            &d,
+            ReaderConfig {
+                workers: 1,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        let again = other.batch(k as u64).unwrap();
+        assert_eq!(again.ids, b.ids);
+        let diff = (&again.rainy - &b.rainy)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+    // Resuming from batch 3 continues the same sequence.
+    let resumed: Vec<_> = reader.iter_from(3).take(2).map(|b| b.unwrap()).collect();
+    assert_eq!(resumed[0].ids, streamed[3].ids);
+    // Every pair is seen once per epoch (8 samples = 1 epoch of 6 + 2).
+    let mut first_epoch: Vec<String> = streamed[0]
+        .ids
+        .iter()
+        .chain(&streamed[1].ids[..2])
+        .cloned()
+        .collect();
+    first_epoch.sort();
+    first_epoch.dedup();
+    assert_eq!(first_epoch.len(), 6);
+    // Crops are aligned: clean and rainy crops come from the same place (rain changes pixels,
+    // but the clean crop must be found at the same offset in the clean image).
+    let rec = reader
+        .records()
+        .iter()
+        .find(|r| r.id == streamed[0].ids[0])
+        .unwrap();
+    let full = image::open(d.join(&rec.clean)).unwrap().to_rgb8();
+    let crop = raincheck::image_io::tensor_to_rgb8(&streamed[0].clean.get(0).unwrap()).unwrap();
+    let found = (0..=full.height() - 24).any(|y| {
+        (0..=full.width() - 32).any(|x| {
+            let c = image::imageops::crop_imm(&full, x, y, 32, 24).to_image();
+            let mut f = c.clone();
+            image::imageops::flip_horizontal_in_place(&mut f);
+            c == crop || f == crop
+        })
+    });
+    assert!(
+        found,
+        "the clean crop is a (possibly flipped) window of the clean image"
+    );
+    // Errors: a crop larger than the images, a split with no pairs.
+    let big = PairReader::open(
+        &d,
+        ReaderConfig {
+            crop: Some((400, 300)),
+            ..cfg.clone()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(big.to_string().contains("smaller than the crop"), "{big}");
+    let none = PairReader::open(
+        &d,
+        ReaderConfig {
+            split: Split::Val,
+            ..cfg
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        none.to_string().contains("no pairs in the `val` split"),
+        "{none}"
+    );
+}
+
+/// Copies `KIND_NAME.png` fixtures into `dir/NAME.png`.
+fn fixture_dir(dir: &Path, kind: &str) -> PathBuf {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures");
+    let out = dir.join(kind);
+    std::fs::create_dir_all(&out).unwrap();
+    for name in ["a", "b", "c"] {
+        std::fs::copy(
+            fx.join(format!("{kind}_{name}.png")),
+            out.join(format!("{name}.png")),
+        )
+        .unwrap();
+    }
+    out
+}
+
+#[test]
+fn eval_scores_folders_and_writes_a_report() {
+    let t = tempfile::tempdir().unwrap();
+    let target = fixture_dir(t.path(), "target");
+    let input = fixture_dir(t.path(), "rain");
+    let pred = fixture_dir(t.path(), "blur");
+    // Pairing is by stem (c.jpg ↔ c.png); the format is read from the content.
+    std::fs::rename(pred.join("c.png"), pred.join("c.jpg")).unwrap();
+    let report = t.path().join("report");
+    let rrd = t.path().join("eval.rrd");
+    let out = ok(&[
+        "eval",
+        "--pred",
+        s(&pred),
+        "--target",
+        s(&target),
+        "--input",
+        s(&input),
+        "--report",
+        s(&report),
+        "--save",
+        s(&rrd),
+    ]);
+    assert!(out.contains("psnr_y") && out.contains("3 images"), "{out}");
+    for f in ["report.json", "per_image.csv", "report.md", "grid.png"] {
+        assert!(report.join(f).is_file(), "{f}");
+    }
+    assert!(rrd.is_file());
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["count"], 3);
+    assert!(r["protocol"]["ssim"]["window"]
+        .as_str()
+        .unwrap()
+        .contains("11x11"));
+    // Scores equal the scikit-image reference values of the same files.
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let want = |pred: &str, m: &str| {
+        refs["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["pred"] == pred)
+            .unwrap()[m]
+            .as_f64()
+            .unwrap()
+    };
+    let mut means = [0.0f64; 2];
+    for img in r["images"].as_array().unwrap() {
+        let id = img["id"].as_str().unwrap();
+        for m in ["psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"] {
+            let o = img["output"][m].as_f64().unwrap();
+            let i = img["input"][m].as_f64().unwrap();
+            assert!(
+                (o - want(&format!("blur_{id}.png"), m)).abs() < 1e-6,
+                "{id} {m}"
+            );
+            assert!(
+                (i - want(&format!("rain_{id}.png"), m)).abs() < 1e-6,
+                "{id} {m}"
+            );
+            let g = img["gain"][m].as_f64().unwrap();
+            assert!((g - (o - i) / i * 100.0).abs() < 1e-9);
+        }
+        means[0] += img["output"]["psnr_y"].as_f64().unwrap() / 3.0;
+        means[1] += img["input"]["psnr_y"].as_f64().unwrap() / 3.0;
+    }
+    let sum = &r["summary"];
+    assert!((sum["output"]["psnr_y"]["mean"].as_f64().unwrap() - means[0]).abs() < 1e-9);
+    let ci = sum["output"]["psnr_y"]["ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() <= means[0] && means[0] <= ci[1].as_f64().unwrap());
+    let gain = sum["quality_gain"]["psnr_y"].as_f64().unwrap();
+    assert!((gain - (means[0] - means[1]) / means[1] * 100.0).abs() < 1e-9);
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("Quality gain") && md.contains("(M_output − M_input) / M_input"),
+        "{md}"
+    );
+    let csv = std::fs::read_to_string(report.join("per_image.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    assert!(csv.starts_with("id,psnr_y,ssim_y,psnr_rgb,ssim_rgb,input_psnr_y"));
+
+    // Identical images: infinite PSNR as null, no crash.
+    let same = t.path().join("same");
+    ok(&[
+        "eval",
+        "--pred",
+        s(&target),
+        "--target",
+        s(&target),
+        "--report",
+        s(&same),
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(same.join("report.json")).unwrap()).unwrap();
+    assert!(r["images"][0]["output"]["psnr_y"].is_null());
+    assert_eq!(r["summary"]["output"]["psnr_y"]["infinite"], 3);
+    assert_eq!(r["summary"]["output"]["ssim_y"]["mean"], 1.0);
+}
+
+#[test]
+fn eval_bad_inputs_get_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let target = fixture_dir(t.path(), "target");
+    let pred = fixture_dir(t.path(), "noise");
+    let rep = t.path().join("r");
+    let run_eval = |pred: &Path| {
+        fails(
+            &[
+                "eval",
+                "--pred",
+                s(pred),
+                "--target",
+                s(&target),
+                "--report",
+                s(&rep),
+            ],
+            1,
+        )
+    };
+    // A missing counterpart: listed.
+    std::fs::remove_file(pred.join("b.png")).unwrap();
+    std::fs::copy(target.join("a.png"), pred.join("extra.png")).unwrap();
+    let err = run_eval(&pred);
+    assert!(
+        err.contains("b: no prediction") && err.contains("extra: no target"),
+        "{err}"
+    );
+    std::fs::remove_file(pred.join("extra.png")).unwrap();
+    std::fs::copy(t.path().join("noise/a.png"), pred.join("b.png")).unwrap();
+    // Different sizes: both files named.
+    let err = run_eval(&pred);
+    assert!(
+        err.contains("b.png") && err.contains("differ in size"),
+        "{err}"
+    );
+    // Too small for SSIM.
+    image::RgbImage::new(8, 8).save(pred.join("b.png")).unwrap();
+    let small = t.path().join("small_t");
+    std::fs::create_dir_all(&small).unwrap();
+    image::RgbImage::new(8, 8)
+        .save(small.join("b.png"))
+        .unwrap();
+    let err = fails(
+        &[
+            "eval",
+            "--pred",
+            s(&pred),
+            "--target",
+            s(&small),
+            "--report",
+            s(&rep),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("a: no target") || err.contains("11x11"),
+        "{err}"
+    );
+    let only_b = t.path().join("only_b");
+    std::fs::create_dir_all(&only_b).unwrap();
+    std::fs::copy(pred.join("b.png"), only_b.join("b.png")).unwrap();
+    let err = fails(
+        &[
+            "eval",
+            "--pred",
+            s(&only_b),
+            "--target",
+            s(&small),
+            "--report",
+            s(&rep),
+        ],
+        1,
+    );
+    assert!(err.contains("11x11") && err.contains("b.png"), "{err}");
+    // A corrupt file: named.
+    std::fs::write(pred.join("b.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
+    let err = run_eval(&pred);
+    assert!(err.contains("b.png"), "{err}");
+    assert!(
+        !rep.join("report.json").exists(),
+        "no report from a failed run"
+    );
 }

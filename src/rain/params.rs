@@ -164,10 +164,10 @@ impl RainParams {
     pub fn preset(p: Preset) -> Self {
         // (rate, fog β, lens drops, darkening, sheen, contrast, brightness, opacity, slant)
         let (rate, fog, drops, dark, sheen, contrast, bright, opacity, slant) = match p {
-            Preset::Drizzle => (2.0, 0.0015, 0, 0.15, 0.08, 0.95, 0.97, 0.45, 4.0),
-            Preset::Moderate => (8.0, 0.003, 6, 0.25, 0.14, 0.9, 0.93, 0.55, 7.0),
-            Preset::Heavy => (25.0, 0.006, 14, 0.35, 0.2, 0.82, 0.88, 0.65, 10.0),
-            Preset::Torrential => (75.0, 0.012, 26, 0.45, 0.26, 0.72, 0.82, 0.75, 14.0),
+            Preset::Drizzle => (2.0, 0.0015, 0, 0.15, 0.08, 0.95, 0.97, 0.6, 4.0),
+            Preset::Moderate => (8.0, 0.003, 6, 0.25, 0.14, 0.9, 0.93, 0.7, 7.0),
+            Preset::Heavy => (25.0, 0.005, 14, 0.35, 0.2, 0.84, 0.9, 0.8, 10.0),
+            Preset::Torrential => (75.0, 0.009, 26, 0.45, 0.26, 0.75, 0.84, 0.9, 14.0),
         };
         RainParams {
             rate_mm_h: rate,
@@ -183,7 +183,7 @@ impl RainParams {
                 enabled: true,
                 layer_bounds_m: vec![0.5, 1.5, 3.0, 6.0, 12.0],
                 min_drop_mm: 1.0,
-                density_scale: 0.012,
+                density_scale: 0.03,
                 slant_deg: slant,
                 slant_jitter_deg: 3.0,
                 opacity,

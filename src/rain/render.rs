@@ -366,12 +366,6 @@ impl RainRenderer {
         // Tone applied to the scene: J' = gain·(c·J + (1 − c)·μ)
         let gain: [f32; 3] = std::array::from_fn(|c| tone.brightness * tone.tint[c]);
         let airlight: [f32; 3] = std::array::from_fn(|c| p.veil.airlight[c] * 255.0);
-        // Streak radiance: drops refract a wide field of view; its mean is the sky's.
-        let streak_l: [f32; 3] = std::array::from_fn(|c| {
-            (p.streaks.brightness * sky[c] * gain[c])
-                .min(255.0)
-                .max(40.0)
-        });
         let beta = if p.veil.enabled {
             p.extinction_per_m()
         } else {
@@ -383,6 +377,14 @@ impl RainRenderer {
         let contrast = tone.contrast;
         let tone_b: [f32; 3] = std::array::from_fn(|c| gain[c] * (1.0 - contrast) * mean[c]);
         let tone_a: [f32; 3] = std::array::from_fn(|c| gain[c] * contrast);
+        // Streak radiance: a drop refracts a wide field of view, dominated by the sky; so its
+        // radiance follows the sky as rendered (after tone and veil), with a gain.
+        let sky_row = ((horizon * 0.5) as usize).min(h - 1);
+        let t_sky = (-beta * rows.depth_m[sky_row]).exp();
+        let streak_l: [f32; 3] = std::array::from_fn(|c| {
+            let rendered = t_sky * (tone_a[c] * sky[c] + tone_b[c]) + (1.0 - t_sky) * airlight[c];
+            (p.streaks.brightness * rendered).clamp(40.0, 255.0)
+        });
 
         let dst_raw: &mut [u8] = dst;
         dst_raw
@@ -556,12 +558,19 @@ impl RowModel {
         let mut mirror_src = Vec::with_capacity(h);
         // Rows within this many pixels below the horizon blend from dry to wet.
         let ramp = (0.04 * h as f32).max(2.0);
+        // Objects standing on the road rise above the horizon: the depth right at the horizon
+        // is that of the ground `soft` rows below it, and grows to the sky's over `sky_ramp`
+        // rows above it, so the veil has no seam along the horizon.
+        let soft = (0.03 * h as f32).max(1.0);
+        let sky_ramp = (0.15 * h as f32).max(1.0);
+        let d_max = p.veil.max_depth_m;
+        let d_horizon = (focal * cam.height_m / soft).min(d_max);
         for y in 0..h {
             let below = y as f32 + 0.5 - horizon;
             let d = if below > 0.0 {
-                (focal * cam.height_m / below).min(p.veil.max_depth_m)
+                (focal * cam.height_m / (below + soft)).min(d_max)
             } else {
-                p.veil.max_depth_m
+                d_horizon + (d_max - d_horizon) * smoothstep(0.0, sky_ramp, -below)
             };
             depth_m.push(d);
             let road = smoothstep(0.0, ramp, below);
@@ -719,7 +728,7 @@ fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize,
             let sy = d.cy - v * d.ry * d.view * 0.8;
             let scene = view.sample(sx, sy);
             // Total internal reflection darkens the rim; a highlight sits up-left.
-            let rim = 1.0 - 0.45 * smoothstep(0.6, 1.0, rho);
+            let rim = 1.0 - 0.3 * smoothstep(0.7, 1.0, rho);
             let hl = {
                 let (hx, hy) = (u + 0.35, v + 0.45);
                 70.0 * (-(hx * hx + hy * hy) / 0.02).exp()

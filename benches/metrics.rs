@@ -1,0 +1,55 @@
+//! psnr_y + ssim_y of one 1280x720 pair (Y conversion included), single thread; and 8 pairs
+//! scored in parallel. The peer (scikit-image) is timed by `tools/bench_metrics_skimage.py`;
+//! `tools/bench.sh` runs both.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use raincheck::image_io;
+use raincheck::metrics;
+use raincheck::rain::{Preset, RainParams, RainRenderer};
+use rayon::prelude::*;
+
+fn pair() -> (image_io::RgbImage, image_io::RgbImage) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("datasets/samples/frames/udacity_challange00101.jpg");
+    let clean = image_io::resize_cover(
+        &image_io::load_rgb8(&path).expect("bundled frame"),
+        1280,
+        720,
+    );
+    let r = RainRenderer::new(&RainParams::preset(Preset::Heavy), 1280, 720, 1).unwrap();
+    let rainy = r.render(&clean, 0, None).unwrap();
+    // The peer script reads the very same pair.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-inputs");
+    std::fs::create_dir_all(&dir).unwrap();
+    image_io::save_png(&rainy, &dir.join("metrics_pred.png")).unwrap();
+    image_io::save_png(&clean, &dir.join("metrics_target.png")).unwrap();
+    (rainy, clean)
+}
+
+fn bench(c: &mut Criterion) {
+    let (pred, target) = pair();
+    let mut g = c.benchmark_group("metrics_1280x720");
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    g.bench_function("psnr_y+ssim_y/1_thread", |b| {
+        b.iter(|| one.install(|| metrics::score_y(&pred, &target).unwrap()))
+    });
+    g.bench_function("all_four/1_thread", |b| {
+        b.iter(|| one.install(|| metrics::score(&pred, &target).unwrap()))
+    });
+    let pairs: Vec<_> = (0..8).map(|_| (pred.clone(), target.clone())).collect();
+    g.bench_function("psnr_y+ssim_y/8_pairs_all_threads", |b| {
+        b.iter(|| {
+            pairs
+                .par_iter()
+                .map(|(p, t)| metrics::score_y(p, t).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

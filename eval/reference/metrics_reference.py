@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Reference values for raincheck's metrics, from an independent implementation of the
+de-raining protocol: numpy for MATLAB's rgb2ycbcr Y channel, scikit-image for PSNR and SSIM
+(structural_similarity with gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+data_range=255: an 11x11 window, whose result cropped by its radius is the 'valid' region).
+
+    eval/reference/metrics_reference.py make-inputs DIR   # targets, noise and blur cases (PNG)
+    eval/reference/metrics_reference.py score DIR         # writes DIR/reference.json
+
+eval/reference/make_fixtures.sh runs both (and `raincheck rain` for the rain cases in between).
+"""
+import json
+import pathlib
+import sys
+
+import numpy as np
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+HERE = pathlib.Path(__file__).resolve().parent
+FRAMES = HERE.parent.parent / "datasets" / "samples" / "frames"
+
+# (name, source frame, crop box x, y, w, h): odd and even sizes, real photos.
+TARGETS = [
+    ("a", "udacity_solidWhiteRight.jpg", 400, 300, 97, 61),
+    ("b", "dlib_la_downtown.jpg", 300, 150, 128, 72),
+    ("c", "udacity_challange00136.jpg", 500, 250, 64, 64),
+]
+
+
+def y_channel(rgb8):
+    """MATLAB rgb2ycbcr Y for uint8 input: T/255 weights, +16, round half away from zero."""
+    r, g, b = (rgb8[..., i].astype(np.float64) for i in range(3))
+    y = (65.481 / 255.0) * r + (128.553 / 255.0) * g + (24.966 / 255.0) * b + 16.0
+    return np.floor(y + 0.5)
+
+
+def ssim(a, b, **kw):
+    return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False, data_range=255, **kw))
+
+
+def psnr(a, b):
+    if np.array_equal(a, b):
+        return None  # infinite
+    return float(peak_signal_noise_ratio(a, b, data_range=255))
+
+
+def scores(pred8, target8):
+    yp, yt = y_channel(pred8), y_channel(target8)
+    p, t = pred8.astype(np.float64), target8.astype(np.float64)
+    return {
+        "psnr_y": psnr(yt, yp),
+        "ssim_y": ssim(yt, yp),
+        "psnr_rgb": psnr(t, p),
+        "ssim_rgb": ssim(t, p, channel_axis=2),
+    }
+
+
+def make_inputs(out):
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, frame, x, y, w, h in TARGETS:
+        img = np.asarray(Image.open(FRAMES / frame).convert("RGB"))[y:y + h, x:x + w]
+        Image.fromarray(img).save(out / f"target_{name}.png")
+        noisy = np.clip(np.round(img + rng.normal(0, 12, img.shape)), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(out / f"noise_{name}.png")
+        f = img.astype(np.float64)
+        pad = np.pad(f, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        blur = sum(pad[i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+        Image.fromarray(np.round(blur).astype(np.uint8)).save(out / f"blur_{name}.png")
+
+
+def score(out):
+    cases = []
+    for name, *_ in TARGETS:
+        target = np.asarray(Image.open(out / f"target_{name}.png").convert("RGB"))
+        for kind in ("noise", "blur", "rain", "target"):
+            path = out / f"{kind}_{name}.png"
+            if not path.exists():
+                continue
+            pred = np.asarray(Image.open(path).convert("RGB"))
+            cases.append({"pred": path.name, "target": f"target_{name}.png", **scores(pred, target)})
+    (out / "reference.json").write_text(json.dumps({
+        "generator": "eval/reference/metrics_reference.py (numpy + scikit-image)",
+        "cases": cases,
+    }, indent=1) + "\n")
+    print(f"{len(cases)} cases written to {out / 'reference.json'}")
+
+
+if __name__ == "__main__":
+    cmd, folder = sys.argv[1], pathlib.Path(sys.argv[2])
+    {"make-inputs": make_inputs, "score": score}[cmd](folder)

@@ -1,0 +1,596 @@
+//! `raincheck eval`: scores folders of outputs against targets (and their rainy inputs) by the
+//! protocol in [`crate::metrics`], and writes a report folder:
+//! `report.json` (machines), `per_image.csv`, `report.md` and `grid.png` (people).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::image_io::{self, ImageIoError, RgbImage};
+use crate::metrics::{self, Scores, METRICS};
+use crate::viz::{paths, Recorder, RerunTarget};
+
+/// Bootstrap resamples for the confidence intervals.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+/// Seed of the bootstrap (fixed: the same scores give the same intervals).
+pub const BOOTSTRAP_SEED: u64 = 0;
+/// Images shown at each end (best, worst) of `grid.png`.
+const GRID_EACH: usize = 3;
+/// Height of a tile in `grid.png`.
+const GRID_TILE_H: u32 = 160;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Image(#[from] ImageIoError),
+    #[error("{} vs {}: {source}", a.display(), b.display())]
+    Pair {
+        a: PathBuf,
+        b: PathBuf,
+        source: metrics::MetricsError,
+    },
+    #[error("{}: duplicate image id `{id}` ({} and {})", dir.display(), first.display(), second.display())]
+    DuplicateId {
+        dir: PathBuf,
+        id: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{}: not a folder", path.display())]
+    NotADir { path: PathBuf },
+    #[error("{}: no images (PNG/JPEG) to score", path.display())]
+    Empty { path: PathBuf },
+    #[error("images are missing their counterparts (paired by file stem):\n{0}")]
+    Unpaired(String),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Viz(#[from] crate::viz::VizError),
+}
+
+pub type Result<T> = std::result::Result<T, EvalError>;
+
+pub struct EvalConfig {
+    /// De-rained outputs.
+    pub pred: PathBuf,
+    /// Clean targets.
+    pub target: PathBuf,
+    /// Rainy inputs (for the input scores and the quality gain).
+    pub input: Option<PathBuf>,
+    /// Report folder (created).
+    pub report: PathBuf,
+    pub rerun: Option<RerunTarget>,
+    pub jpeg_quality: u8,
+    pub progress: bool,
+}
+
+/// One image's scores.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageScores {
+    pub id: String,
+    pub output: Scores,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Scores>,
+    /// Per-image quality gain in percent (`null` where undefined, e.g. infinite PSNR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gain: Option<BTreeMap<String, Option<f64>>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricSummary {
+    /// Mean over the images with a finite value.
+    pub mean: Option<f64>,
+    pub ci95: Option<[f64; 2]>,
+    /// Images left out of the mean because the value is infinite (identical images).
+    pub infinite: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub output: BTreeMap<String, MetricSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<BTreeMap<String, MetricSummary>>,
+    /// Gain of the means: `(mean_output − mean_input) / mean_input · 100`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality_gain: Option<BTreeMap<String, Option<f64>>>,
+    /// Mean of the per-image gains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality_gain_per_image_mean: Option<BTreeMap<String, Option<f64>>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub protocol: serde_json::Value,
+    pub count: usize,
+    pub pred: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    pub images: Vec<ImageScores>,
+    pub summary: Summary,
+}
+
+/// The protocol as written into every report.
+pub fn protocol() -> serde_json::Value {
+    serde_json::json!({
+        "name": "de-raining Y-channel protocol (as Restormer's evaluate_PSNR_SSIM.m)",
+        "y_channel": "Y = round(65.481/255*R + 128.553/255*G + 24.966/255*B + 16), R,G,B 8-bit (MATLAB rgb2ycbcr, round half away from zero)",
+        "psnr": "20*log10(255/RMSE) on the integer planes; identical images: infinite (JSON null, left out of means)",
+        "ssim": {
+            "window": "11x11 Gaussian, sigma 1.5, normalised to sum 1",
+            "k1": 0.01, "k2": 0.03, "data_range": 255,
+            "covariance": "population",
+            "region": "valid (no padding)",
+            "pooling": "mean of the SSIM map"
+        },
+        "psnr_rgb": "PSNR from the MSE over all three RGB channels",
+        "ssim_rgb": "mean of the per-channel SSIM of R, G, B",
+        "input": "rainy input vs clean target",
+        "output": "de-rained output vs clean target",
+        "quality_gain": "gain_M = (M_output - M_input) / M_input * 100, in percent; summary: of the means; per image: of that image's values",
+        "ci95": format!("percentile bootstrap of the mean, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"),
+        "accumulation": "f64",
+    })
+}
+
+/// Images of a folder keyed by file stem.
+fn index_dir(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    if !dir.is_dir() {
+        return Err(EvalError::NotADir {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut out = BTreeMap::new();
+    for p in image_io::list_images(dir)? {
+        let id = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(first) = out.insert(id.clone(), p.clone()) {
+            return Err(EvalError::DuplicateId {
+                dir: dir.to_path_buf(),
+                id,
+                first,
+                second: p,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(EvalError::Empty {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+/// `(id, prediction, target, input)` paths of one image.
+type Paired = (String, PathBuf, PathBuf, Option<PathBuf>);
+
+/// Pairs the folders by stem; any image without all its counterparts is an error listing them.
+fn pair_up(cfg: &EvalConfig) -> Result<Vec<Paired>> {
+    let pred = index_dir(&cfg.pred)?;
+    let target = index_dir(&cfg.target)?;
+    let input = cfg.input.as_deref().map(index_dir).transpose()?;
+    let mut problems = Vec::new();
+    let mut all: std::collections::BTreeSet<&String> = pred.keys().chain(target.keys()).collect();
+    if let Some(i) = &input {
+        all.extend(i.keys());
+    }
+    for id in &all {
+        let mut lacks = Vec::new();
+        if !pred.contains_key(*id) {
+            lacks.push(format!("prediction in {}", cfg.pred.display()));
+        }
+        if !target.contains_key(*id) {
+            lacks.push(format!("target in {}", cfg.target.display()));
+        }
+        if let (Some(i), Some(dir)) = (&input, &cfg.input) {
+            if !i.contains_key(*id) {
+                lacks.push(format!("input in {}", dir.display()));
+            }
+        }
+        if !lacks.is_empty() {
+            problems.push(format!("  {id}: no {}", lacks.join(", no ")));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        if n > 30 {
+            problems.truncate(30);
+            problems.push(format!("  … and {} more", n - 30));
+        }
+        return Err(EvalError::Unpaired(problems.join("\n")));
+    }
+    Ok(pred
+        .into_iter()
+        .map(|(id, p)| {
+            let t = target[&id].clone();
+            let i = input.as_ref().map(|m| m[&id].clone());
+            (id, p, t, i)
+        })
+        .collect())
+}
+
+fn scores_of(a: &RgbImage, a_path: &Path, b: &RgbImage, b_path: &Path) -> Result<Scores> {
+    metrics::score(a, b).map_err(|source| EvalError::Pair {
+        a: a_path.to_path_buf(),
+        b: b_path.to_path_buf(),
+        source,
+    })
+}
+
+fn summarize(values: impl Fn(&Scores) -> f64, scores: &[Scores]) -> MetricSummary {
+    let v: Vec<f64> = scores.iter().map(values).collect();
+    MetricSummary {
+        mean: metrics::mean(&v),
+        ci95: metrics::bootstrap_ci95(&v, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+        infinite: v.iter().filter(|x| !x.is_finite()).count(),
+    }
+}
+
+fn summaries(scores: &[Scores]) -> BTreeMap<String, MetricSummary> {
+    METRICS
+        .iter()
+        .map(|&m| {
+            (
+                m.to_string(),
+                summarize(|s| s.get(m).expect("known metric"), scores),
+            )
+        })
+        .collect()
+}
+
+/// Scores every image and builds the report (no files written).
+pub fn evaluate(cfg: &EvalConfig) -> Result<Report> {
+    Ok(evaluate_pairs(cfg)?.0)
+}
+
+fn evaluate_pairs(cfg: &EvalConfig) -> Result<(Report, Vec<Paired>)> {
+    let pairs = pair_up(cfg)?;
+    let pb = crate::progress::bar(pairs.len() as u64, "scoring", cfg.progress);
+    let images: Vec<ImageScores> = pairs
+        .par_iter()
+        .map(|(id, p, t, i)| -> Result<ImageScores> {
+            let pred = image_io::load_rgb8(p)?;
+            let target = image_io::load_rgb8(t)?;
+            let output = scores_of(&pred, p, &target, t)?;
+            let input = match i {
+                Some(ip) => Some(scores_of(&image_io::load_rgb8(ip)?, ip, &target, t)?),
+                None => None,
+            };
+            let gain = input.map(|inp| {
+                METRICS
+                    .iter()
+                    .map(|&m| {
+                        (
+                            m.to_string(),
+                            metrics::gain_percent(output.get(m).unwrap(), inp.get(m).unwrap()),
+                        )
+                    })
+                    .collect()
+            });
+            pb.inc(1);
+            Ok(ImageScores {
+                id: id.clone(),
+                output,
+                input,
+                gain,
+            })
+        })
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+
+    let outs: Vec<Scores> = images.iter().map(|s| s.output).collect();
+    let ins: Option<Vec<Scores>> = images.iter().map(|s| s.input).collect();
+    let output = summaries(&outs);
+    let input = ins.as_deref().map(summaries);
+    let quality_gain = input.as_ref().map(|inp| {
+        METRICS
+            .iter()
+            .map(|&m| {
+                let g = match (output[m].mean, inp[m].mean) {
+                    (Some(o), Some(i)) => metrics::gain_percent(o, i),
+                    _ => None,
+                };
+                (m.to_string(), g)
+            })
+            .collect()
+    });
+    let quality_gain_per_image_mean = input.as_ref().map(|_| {
+        METRICS
+            .iter()
+            .map(|&m| {
+                let v: Vec<f64> = images
+                    .iter()
+                    .filter_map(|s| s.gain.as_ref().and_then(|g| g[m]))
+                    .collect();
+                (m.to_string(), metrics::mean(&v))
+            })
+            .collect()
+    });
+    let report = Report {
+        protocol: protocol(),
+        count: images.len(),
+        pred: cfg.pred.display().to_string(),
+        target: cfg.target.display().to_string(),
+        input: cfg.input.as_ref().map(|p| p.display().to_string()),
+        images,
+        summary: Summary {
+            output,
+            input,
+            quality_gain,
+            quality_gain_per_image_mean,
+        },
+    };
+    Ok((report, pairs))
+}
+
+/// Scores, writes the report folder, and logs to Rerun when asked. Returns the report.
+pub fn run(cfg: &EvalConfig) -> Result<Report> {
+    let (report, pairs) = evaluate_pairs(cfg)?;
+    let dir = &cfg.report;
+    if dir.exists() && !dir.is_dir() {
+        return Err(EvalError::NotADir { path: dir.clone() });
+    }
+    std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let write = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = dir.join(name);
+        image_io::write_atomic(&path, bytes).map_err(|source| EvalError::Write { path, source })
+    };
+    write(
+        "report.json",
+        serde_json::to_string_pretty(&report)
+            .expect("report serialises")
+            .as_bytes(),
+    )?;
+    write("per_image.csv", per_image_csv(&report).as_bytes())?;
+    let (grid, grid_ids) = grid_image(&report, &pairs)?;
+    image_io::save_png(&grid, &dir.join("grid.png"))?;
+    write("report.md", report_markdown(&report, &grid_ids).as_bytes())?;
+    if let Some(target) = &cfg.rerun {
+        let rec = Recorder::new("raincheck eval", target, cfg.jpeg_quality)?;
+        for (i, s) in report.images.iter().enumerate() {
+            rec.set_sequence(paths::TIMELINE_IMAGE, i as i64);
+            for m in METRICS {
+                let v = s.output.get(m).unwrap();
+                if v.is_finite() {
+                    rec.scalar(&format!("{}/output/{m}", paths::EVAL), v)?;
+                }
+                if let Some(v) = s.input.and_then(|inp| inp.get(m)).filter(|v| v.is_finite()) {
+                    rec.scalar(&format!("{}/input/{m}", paths::EVAL), v)?;
+                }
+            }
+        }
+        rec.image(paths::EVAL_GRID, &grid)?;
+        rec.finish()?;
+    }
+    Ok(report)
+}
+
+fn fmt_num(v: f64, digits: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.digits$}")
+    } else {
+        "inf".into()
+    }
+}
+
+fn per_image_csv(r: &Report) -> String {
+    let mut header = vec!["id".to_string()];
+    header.extend(METRICS.iter().map(|m| m.to_string()));
+    let with_input = r.input.is_some();
+    if with_input {
+        header.extend(METRICS.iter().map(|m| format!("input_{m}")));
+        header.extend(METRICS.iter().map(|m| format!("gain_{m}_percent")));
+    }
+    let mut out = header.join(",") + "\n";
+    for s in &r.images {
+        let mut row = vec![csv_field(&s.id)];
+        row.extend(
+            METRICS
+                .iter()
+                .map(|m| fmt_num(s.output.get(m).unwrap(), 10)),
+        );
+        if let (Some(inp), Some(g)) = (&s.input, &s.gain) {
+            row.extend(METRICS.iter().map(|m| fmt_num(inp.get(m).unwrap(), 10)));
+            row.extend(
+                METRICS
+                    .iter()
+                    .map(|m| g[*m].map(|v| fmt_num(v, 6)).unwrap_or_default()),
+            );
+        }
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn report_markdown(r: &Report, grid_ids: &[String]) -> String {
+    use std::fmt::Write;
+    let mut md = String::new();
+    let _ = writeln!(md, "# raincheck evaluation\n");
+    let _ = writeln!(md, "- outputs: `{}`\n- targets: `{}`", r.pred, r.target);
+    if let Some(i) = &r.input {
+        let _ = writeln!(md, "- rainy inputs: `{i}`");
+    }
+    let _ = writeln!(md, "- images: {}\n", r.count);
+    let ms = |s: &MetricSummary, d: usize| match (s.mean, s.ci95) {
+        (Some(m), Some([lo, hi])) => {
+            format!("{} [{}, {}]", fmt_num(m, d), fmt_num(lo, d), fmt_num(hi, d))
+        }
+        _ => "n/a".into(),
+    };
+    let digits = |m: &str| if m.starts_with("psnr") { 2 } else { 4 };
+    if let (Some(inp), Some(gain)) = (&r.summary.input, &r.summary.quality_gain) {
+        let _ = writeln!(md, "| metric | de-rained output, mean [95% CI] | rainy input, mean [95% CI] | quality gain |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for m in METRICS {
+            let g = gain[m]
+                .map(|g| format!("{g:+.2}%"))
+                .unwrap_or_else(|| "n/a".into());
+            let _ = writeln!(
+                md,
+                "| {m} | {} | {} | {g} |",
+                ms(&r.summary.output[m], digits(m)),
+                ms(&inp[m], digits(m))
+            );
+        }
+    } else {
+        let _ = writeln!(md, "| metric | mean [95% CI] |\n|---|---|");
+        for m in METRICS {
+            let _ = writeln!(md, "| {m} | {} |", ms(&r.summary.output[m], digits(m)));
+        }
+    }
+    let inf: usize = r
+        .summary
+        .output
+        .values()
+        .map(|s| s.infinite)
+        .max()
+        .unwrap_or(0);
+    if inf > 0 {
+        let _ = writeln!(md, "\n{inf} image(s) are identical to their targets (infinite PSNR): left out of the PSNR means.");
+    }
+    let _ = writeln!(md, "\n## Definitions\n");
+    let _ = writeln!(md, "- **Y channel**: `Y = round(65.481/255·R + 128.553/255·G + 24.966/255·B + 16)` on 8-bit R, G, B (MATLAB `rgb2ycbcr`).");
+    let _ = writeln!(md, "- **PSNR** = 20·log10(255 / RMSE). **SSIM**: 11x11 Gaussian window (σ = 1.5), K1 = 0.01, K2 = 0.03, L = 255, valid region, mean of the map.");
+    let _ = writeln!(
+        md,
+        "- **RGB variants**: PSNR over all three channels; SSIM averaged over R, G, B."
+    );
+    let _ = writeln!(md, "- **Quality gain** of a metric M: `(M_output − M_input) / M_input × 100 %`, where *input* is the rainy image and *output* the de-rained one, both scored against the clean target; the table shows the gain of the means.");
+    let _ = writeln!(md, "- **95% CI**: percentile bootstrap of the mean, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}.");
+    let _ = writeln!(md, "\n## Best and worst images\n\n![grid](grid.png)\n");
+    let cols = if r.input.is_some() {
+        "input | output | target | |output − target| on Y"
+    } else {
+        "output | target | |output − target| on Y"
+    };
+    let _ = writeln!(
+        md,
+        "Rows, top to bottom (by output psnr_y): {}. Columns: {cols} (black 0, white ≥ 64).",
+        grid_ids.join(", ")
+    );
+    let _ = writeln!(
+        md,
+        "\nPer-image values: `per_image.csv`; everything: `report.json`."
+    );
+    md
+}
+
+/// Best and worst images by output psnr_y: `[input |] output | target | error heat map` rows.
+fn grid_image(r: &Report, pairs: &[Paired]) -> Result<(RgbImage, Vec<String>)> {
+    let mut order: Vec<&ImageScores> = r.images.iter().collect();
+    order.sort_by(|a, b| b.output.psnr_y.total_cmp(&a.output.psnr_y));
+    let chosen: Vec<&ImageScores> = if order.len() <= 2 * GRID_EACH {
+        order
+    } else {
+        order[..GRID_EACH]
+            .iter()
+            .chain(&order[order.len() - GRID_EACH..])
+            .copied()
+            .collect()
+    };
+    let by_id: BTreeMap<&str, &Paired> = pairs.iter().map(|p| (p.0.as_str(), p)).collect();
+    let mut rows = Vec::new();
+    for s in &chosen {
+        let (_, pred_path, target_path, input_path) = by_id[s.id.as_str()];
+        let pred = image_io::load_rgb8(pred_path)?;
+        let target = image_io::load_rgb8(target_path)?;
+        let mut tiles = Vec::new();
+        if let Some(ip) = input_path {
+            tiles.push(image_io::load_rgb8(ip)?);
+        }
+        let heat = heat_map(&pred, &target);
+        tiles.push(pred);
+        tiles.push(target);
+        tiles.push(heat);
+        rows.push(tiles);
+    }
+    let scale = |img: &RgbImage| {
+        let w = (img.width() as f64 * GRID_TILE_H as f64 / img.height() as f64)
+            .round()
+            .max(1.0) as u32;
+        image::imageops::resize(img, w, GRID_TILE_H, image::imageops::FilterType::Triangle)
+    };
+    let rows: Vec<Vec<RgbImage>> = rows.iter().map(|r| r.iter().map(scale).collect()).collect();
+    let gap = 4u32;
+    let width = rows
+        .iter()
+        .map(|r| r.iter().map(|t| t.width() + gap).sum::<u32>())
+        .max()
+        .unwrap_or(1);
+    let height = rows.len() as u32 * (GRID_TILE_H + gap);
+    let mut grid = RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([255, 255, 255]));
+    for (ri, row) in rows.iter().enumerate() {
+        let mut x = 0;
+        for t in row {
+            image::imageops::replace(
+                &mut grid,
+                t,
+                x as i64,
+                (ri as u32 * (GRID_TILE_H + gap)) as i64,
+            );
+            x += t.width() + gap;
+        }
+    }
+    Ok((grid, chosen.iter().map(|s| s.id.clone()).collect()))
+}
+
+/// |Y_a − Y_b| as a heat map (black → red → yellow → white at 64).
+fn heat_map(a: &RgbImage, b: &RgbImage) -> RgbImage {
+    let (ya, yb) = (metrics::y_plane(a), metrics::y_plane(b));
+    let mut out = RgbImage::new(a.width(), a.height());
+    for (i, p) in out.pixels_mut().enumerate() {
+        let t = ((ya.data[i] - yb.data[i]).abs() / 64.0).min(1.0);
+        let ch = |lo: f64| ((t - lo) * 3.0).clamp(0.0, 1.0);
+        p.0 = [
+            (ch(0.0) * 255.0) as u8,
+            (ch(1.0 / 3.0) * 255.0) as u8,
+            (ch(2.0 / 3.0) * 255.0) as u8,
+        ];
+    }
+    out
+}
+
+/// A short summary table for stdout.
+pub fn summary_table(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let has_input = r.summary.input.is_some();
+    let _ = write!(s, "{:<10} {:>12}", "metric", "output");
+    if has_input {
+        let _ = write!(s, " {:>12} {:>10}", "input", "gain");
+    }
+    s.push('\n');
+    for m in METRICS {
+        let d = if m.starts_with("psnr") { 3 } else { 5 };
+        let show = |x: Option<f64>| x.map(|v| fmt_num(v, d)).unwrap_or_else(|| "n/a".into());
+        let _ = write!(s, "{:<10} {:>12}", m, show(r.summary.output[m].mean));
+        if let (Some(inp), Some(g)) = (&r.summary.input, &r.summary.quality_gain) {
+            let gain = g[m]
+                .map(|v| format!("{v:+.2}%"))
+                .unwrap_or_else(|| "n/a".into());
+            let _ = write!(s, " {:>12} {:>10}", show(inp[m].mean), gain);
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "{} images", r.count);
+    s
+}
