@@ -36,6 +36,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("psnr_y+ssim_y/1_thread", |b| {
         b.iter(|| one.install(|| metrics::score_y(&pred, &target).unwrap()))
     });
+    // Where the time goes.
+    let (yp, yt) = (metrics::y_plane(&pred), metrics::y_plane(&target));
+    g.bench_function("parts/y_plane", |b| b.iter(|| metrics::y_plane(&pred)));
+    g.bench_function("parts/ssim_on_y", |b| {
+        b.iter(|| one.install(|| metrics::ssim(&yp, &yt)))
+    });
     g.bench_function("all_four/1_thread", |b| {
         b.iter(|| one.install(|| metrics::score(&pred, &target).unwrap()))
     });

@@ -91,11 +91,16 @@ pub struct Plane {
 /// MATLAB `rgb2ycbcr` luma of an RGB8 image, rounded to integers.
 pub fn y_plane(img: &RgbImage) -> Plane {
     const T: [f64; 3] = [65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0];
-    let data = img
-        .as_raw()
-        .chunks_exact(3)
-        .map(|p| (T[0] * p[0] as f64 + T[1] * p[1] as f64 + T[2] * p[2] as f64 + 16.0).round())
-        .collect();
+    // The three products come from tables: the same IEEE products as computing them, so the
+    // sum `((T0·R + T1·G) + T2·B) + 16` is bit-identical to the direct formula.
+    let lut: [[f64; 256]; 3] = std::array::from_fn(|c| std::array::from_fn(|v| T[c] * v as f64));
+    let mut data = vec![0.0f64; img.as_raw().len() / 3];
+    for (out, p) in data.iter_mut().zip(img.as_raw().chunks_exact(3)) {
+        let y = lut[0][p[0] as usize] + lut[1][p[1] as usize] + lut[2][p[2] as usize] + 16.0;
+        // Round half away from zero (y > 0): exact, and unlike f64::round it needs no SSE4.1.
+        let whole = y as i64 as f64;
+        *out = whole + if y - whole >= 0.5 { 1.0 } else { 0.0 };
+    }
     Plane {
         width: img.width() as usize,
         height: img.height() as usize,
@@ -216,56 +221,89 @@ fn ssim_generic(a: &Plane, b: &Plane) -> f64 {
 
 /// Separable filtering of the five moment maps, one output row at a time (vertical pass into
 /// row buffers, then horizontal pass and the SSIM formula), so memory stays at a few rows.
+///
+/// The window is symmetric, so each pass first adds the mirrored taps (exact: integer-valued
+/// data) and multiplies 6 weights instead of 11. The loops run over x with the taps unrolled,
+/// so they vectorise; the map row is summed after it is computed (a running sum would not).
 #[inline(always)]
 fn ssim_kernel(a: &Plane, b: &Plane) -> f64 {
     let g = gaussian_window();
     let (w, h) = (a.width, a.height);
     let (ow, oh) = (w - 2 * RADIUS, h - 2 * RADIUS);
-    // Vertical sums of x, y, x², y², xy for one output row, all columns.
     let mut vx = vec![0.0f64; w];
     let mut vy = vec![0.0f64; w];
     let mut vxx = vec![0.0f64; w];
     let mut vyy = vec![0.0f64; w];
     let mut vxy = vec![0.0f64; w];
+    let mut map_row = vec![0.0f64; ow];
     let mut total = 0.0f64;
     for oy in 0..oh {
-        vx.fill(0.0);
-        vy.fill(0.0);
-        vxx.fill(0.0);
-        vyy.fill(0.0);
-        vxy.fill(0.0);
-        for (k, &gk) in g.iter().enumerate() {
-            let ra = &a.data[(oy + k) * w..(oy + k + 1) * w];
-            let rb = &b.data[(oy + k) * w..(oy + k + 1) * w];
-            for x in 0..w {
-                let (p, q) = (ra[x], rb[x]);
-                vx[x] += gk * p;
-                vy[x] += gk * q;
-                vxx[x] += gk * (p * p);
-                vyy[x] += gk * (q * q);
-                vxy[x] += gk * (p * q);
-            }
-        }
-        let mut row_sum = 0.0f64;
-        for ox in 0..ow {
-            let (mut mx, mut my, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-            for (k, &gk) in g.iter().enumerate() {
-                mx += gk * vx[ox + k];
-                my += gk * vy[ox + k];
-                sxx += gk * vxx[ox + k];
-                syy += gk * vyy[ox + k];
-                sxy += gk * vxy[ox + k];
-            }
+        let ra: [&[f64]; SSIM_WINDOW] = std::array::from_fn(|k| &a.data[(oy + k) * w..][..w]);
+        let rb: [&[f64]; SSIM_WINDOW] = std::array::from_fn(|k| &b.data[(oy + k) * w..][..w]);
+        vertical_pass(
+            &g,
+            &ra,
+            &rb,
+            [&mut vx, &mut vy, &mut vxx, &mut vyy, &mut vxy],
+        );
+        let (vx, vy, vxx, vyy, vxy) = (&vx[..], &vy[..], &vxx[..], &vyy[..], &vxy[..]);
+        for (ox, out) in map_row.iter_mut().enumerate() {
+            let tap = |v: &[f64]| {
+                let v = &v[ox..ox + SSIM_WINDOW];
+                let mut s = g[RADIUS] * v[RADIUS];
+                for k in 0..RADIUS {
+                    s += g[k] * (v[k] + v[SSIM_WINDOW - 1 - k]);
+                }
+                s
+            };
+            let (mx, my) = (tap(vx), tap(vy));
+            let (sxx, syy, sxy) = (tap(vxx), tap(vyy), tap(vxy));
             let var_x = sxx - mx * mx;
             let var_y = syy - my * my;
             let cov = sxy - mx * my;
             let num = (2.0 * mx * my + C1) * (2.0 * cov + C2);
             let den = (mx * mx + my * my + C1) * (var_x + var_y + C2);
-            row_sum += num / den;
+            *out = num / den;
         }
-        total += row_sum;
+        total += map_row.iter().sum::<f64>();
     }
     total / (ow * oh) as f64
+}
+
+/// Weighted vertical sums of x, y, x², y², xy over 11 rows, for every column.
+#[inline(always)]
+fn vertical_pass(
+    g: &[f64; SSIM_WINDOW],
+    ra: &[&[f64]; SSIM_WINDOW],
+    rb: &[&[f64]; SSIM_WINDOW],
+    out: [&mut Vec<f64>; 5],
+) {
+    let [vx, vy, vxx, vyy, vxy] = out;
+    let w = vx.len();
+    for x in 0..w {
+        let p: [f64; SSIM_WINDOW] = std::array::from_fn(|k| ra[k][x]);
+        let q: [f64; SSIM_WINDOW] = std::array::from_fn(|k| rb[k][x]);
+        let c = RADIUS;
+        let (mut sx, mut sy) = (g[c] * p[c], g[c] * q[c]);
+        let (mut sxx, mut syy, mut sxy) = (
+            g[c] * (p[c] * p[c]),
+            g[c] * (q[c] * q[c]),
+            g[c] * (p[c] * q[c]),
+        );
+        for k in 0..RADIUS {
+            let m = SSIM_WINDOW - 1 - k;
+            sx += g[k] * (p[k] + p[m]);
+            sy += g[k] * (q[k] + q[m]);
+            sxx += g[k] * (p[k] * p[k] + p[m] * p[m]);
+            syy += g[k] * (q[k] * q[k] + q[m] * q[m]);
+            sxy += g[k] * (p[k] * q[k] + p[m] * q[m]);
+        }
+        vx[x] = sx;
+        vy[x] = sy;
+        vxx[x] = sxx;
+        vyy[x] = syy;
+        vxy[x] = sxy;
+    }
 }
 
 /// All four metrics of `pred` against `target`.

@@ -29,6 +29,8 @@ const LOWRES: usize = 8;
 /// Gaussian profile lookup: entries per unit of (d/σ)², up to (d/σ)² = 9.
 const GAUSS_LUT_RES: f32 = 32.0;
 const GAUSS_LUT_LEN: usize = 9 * 32 + 2;
+/// Streaks with a cross-section σ up to this (pixels) are drawn as anti-aliased lines.
+const THIN_SIGMA: f32 = 0.6;
 
 /// A per-pixel depth map in metres (`width * height`, row-major). Non-finite or non-positive
 /// values mean "unknown" and take `veil.max_depth_m`.
@@ -105,6 +107,10 @@ pub struct RainRenderer {
     streaks: Vec<Streak>,
     drops: Vec<DropSlot>,
     gauss: [f32; GAUSS_LUT_LEN],
+    /// Whether the CPU runs the AVX2 build of the composition loop.
+    avx2: bool,
+    /// Per output column: left low-res column and weight of the right one (upsampling).
+    upsample: Vec<(u32, f32)>,
 }
 
 /// SplitMix64 finaliser: derives independent seeds from one seed and a salt.
@@ -117,11 +123,41 @@ pub fn mix_seed(seed: u64, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// For each of `w` full-resolution columns: the low-res column to its left and the weight of
+/// the one to its right (linear interpolation between low-res pixel centres).
+fn upsample_weights(w: usize) -> Vec<(u32, f32)> {
+    let lw = w.div_ceil(LOWRES);
+    (0..w)
+        .map(|x| {
+            let fx = ((x as f32 + 0.5) / LOWRES as f32 - 0.5).clamp(0.0, (lw - 1) as f32);
+            let x0 = fx as u32;
+            (x0, fx - x0 as f32)
+        })
+        .collect()
+}
+
+fn cpu_has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn normal(rng: &mut Pcg64Mcg) -> f32 {
     // Box–Muller; u1 in (0, 1].
     let u1: f32 = 1.0 - rng.random::<f32>();
     let u2: f32 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// `v` modulo `m` in `[0, m)` (`rem_euclid` is a libm `fmod` call; this is two instructions).
+fn wrap(v: f64, m: f64) -> f32 {
+    let r = v - (v / m) as i64 as f64 * m;
+    (if r < 0.0 { r + m } else { r }) as f32
 }
 
 fn smoothstep(e0: f32, e1: f32, x: f32) -> f32 {
@@ -170,6 +206,8 @@ impl RainRenderer {
             streaks,
             drops,
             gauss,
+            avx2: cpu_has_avx2(),
+            upsample: upsample_weights(w),
         })
     }
 
@@ -240,6 +278,7 @@ impl RainRenderer {
 
     /// Streak positions at frame `frame`: particles fall and wrap around a domain a margin
     /// larger than the image, so that streaks enter and leave through the borders.
+    #[inline(never)]
     fn place_streaks(&self, frame: u64) -> Vec<PlacedStreak> {
         let (w, h) = (self.width as f32, self.height as f32);
         let margin = self
@@ -255,12 +294,14 @@ impl RainRenderer {
             .map(|s| {
                 // f64 keeps long videos exact enough before wrapping.
                 let travel = s.step as f64 * t;
-                let hx = (s.x0 as f64 * dom_w as f64 + s.dx as f64 * travel)
-                    .rem_euclid(dom_w as f64) as f32
-                    - margin;
-                let hy = (s.y0 as f64 * dom_h as f64 + s.dy as f64 * travel)
-                    .rem_euclid(dom_h as f64) as f32
-                    - margin;
+                let hx = wrap(
+                    s.x0 as f64 * dom_w as f64 + s.dx as f64 * travel,
+                    dom_w as f64,
+                ) - margin;
+                let hy = wrap(
+                    s.y0 as f64 * dom_h as f64 + s.dy as f64 * travel,
+                    dom_h as f64,
+                ) - margin;
                 let tx = hx - s.dx * s.len;
                 let ty = hy - s.dy * s.len;
                 let pad = 3.0 * s.sigma + 1.0;
@@ -386,6 +427,27 @@ impl RainRenderer {
             (p.streaks.brightness * rendered).clamp(40.0, 255.0)
         });
 
+        // Reflections: the blurred scene rows that mirror about the horizon, upsampled to full
+        // width once per frame; each output row blends two of them.
+        let mirror = MirrorRows::new(&low, &rows, horizon, &self.upsample);
+        // Which streaks touch which band, so that each band visits only its own.
+        let n_bands = h.div_ceil(BAND_ROWS);
+        let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); n_bands];
+        for (i, st) in placed.iter().enumerate() {
+            if st.y_max < 0.0 || st.y_min >= h as f32 {
+                continue;
+            }
+            let b0 = (st.y_min.max(0.0) as usize / BAND_ROWS).min(n_bands - 1);
+            let b1 = (st.y_max.max(0.0) as usize / BAND_ROWS).min(n_bands - 1);
+            for bucket in &mut buckets[b0..=b1] {
+                bucket.push(i as u32);
+            }
+        }
+        let compose: ComposeFn = if self.avx2 {
+            compose_row_avx2
+        } else {
+            compose_row_plain
+        };
         let dst_raw: &mut [u8] = dst;
         dst_raw
             .par_chunks_mut(BAND_ROWS * w * 3)
@@ -393,19 +455,15 @@ impl RainRenderer {
             .for_each(|(band, out)| {
                 let y0 = band * BAND_ROWS;
                 let n_rows = out.len() / (w * 3);
-                let mut alpha = vec![0.0f32; n_rows * w];
-                self.draw_streaks(&placed, y0, n_rows, &mut alpha);
-                let mut mirror = vec![0.0f32; w * 3];
+                // Streak coverage, repeated per channel so that composition is a flat loop.
+                let mut cover = vec![0.0f32; n_rows * w * 3];
+                self.draw_streaks(&placed, &buckets[band], y0, n_rows, &mut cover);
                 for r in 0..n_rows {
                     let y = y0 + r;
                     let wet = rows.wet[y];
-                    let sheen = rows.sheen[y];
-                    if sheen > 0.0 {
-                        low.mirror_row(rows.mirror_src[y], &mut mirror);
-                    }
                     let src_row = &src_raw[y * w * 3..(y + 1) * w * 3];
                     let out_row = &mut out[r * w * 3..(r + 1) * w * 3];
-                    let a_row = &alpha[r * w..(r + 1) * w];
+                    let c_row = &cover[r * w * 3..(r + 1) * w * 3];
                     match depth {
                         None => {
                             let t = (-beta * rows.depth_m[y]).exp();
@@ -413,11 +471,13 @@ impl RainRenderer {
                             let b: [f32; 3] = std::array::from_fn(|c| {
                                 t * wet * tone_b[c] + (1.0 - t) * airlight[c]
                             });
-                            let m = t * sheen;
-                            compose_row(src_row, out_row, a_row, &mirror, a, b, m, streak_l);
+                            let m = mirror.for_row(y, t * rows.sheen[y]);
+                            // SAFETY: `compose_row_avx2` is chosen only when the CPU has AVX2.
+                            unsafe { compose(src_row, out_row, c_row, m, a, b, streak_l) };
                         }
                         Some(d) => {
                             let d_row = &d.metres[y * w..(y + 1) * w];
+                            let m = mirror.for_row(y, rows.sheen[y]);
                             for x in 0..w {
                                 let dm = d_row[x];
                                 let dm = if dm.is_finite() && dm > 0.0 {
@@ -427,12 +487,15 @@ impl RainRenderer {
                                 };
                                 let t = (-beta * dm).exp();
                                 for c in 0..3 {
-                                    let j = src_row[3 * x + c] as f32;
-                                    let mut v = t * wet * (tone_a[c] * j + tone_b[c])
-                                        + t * sheen * mirror[3 * x + c]
+                                    let i = 3 * x + c;
+                                    let j = src_row[i] as f32;
+                                    let reflection =
+                                        m.map_or(0.0, |(u0, u1, m0, m1)| m0 * u0[i] + m1 * u1[i]);
+                                    let mut v = t
+                                        * (wet * (tone_a[c] * j + tone_b[c]) + reflection)
                                         + (1.0 - t) * airlight[c];
-                                    v += a_row[x].min(1.0) * (streak_l[c] - v);
-                                    out_row[3 * x + c] = v.clamp(0.0, 255.0).round() as u8;
+                                    v += c_row[i].min(1.0) * (streak_l[c] - v);
+                                    out_row[i] = (v.clamp(0.0, 255.0) + 0.5) as u8;
                                 }
                             }
                         }
@@ -465,79 +528,276 @@ impl RainRenderer {
         Ok(())
     }
 
-    /// Accumulates streak coverage for rows `y0..y0 + n_rows` into `alpha`.
-    fn draw_streaks(&self, placed: &[PlacedStreak], y0: usize, n_rows: usize, alpha: &mut [f32]) {
+    /// Accumulates the coverage of the streaks `which` (indices into `placed`) for rows
+    /// `y0..y0 + n_rows` into `cover` (RGB-interleaved: the same value for each channel).
+    #[inline(never)]
+    fn draw_streaks(
+        &self,
+        placed: &[PlacedStreak],
+        which: &[u32],
+        y0: usize,
+        n_rows: usize,
+        cover: &mut [f32],
+    ) {
         let w = self.width;
         let (band_lo, band_hi) = (y0 as f32, (y0 + n_rows) as f32);
-        for s in placed {
-            if s.y_max < band_lo || s.y_min >= band_hi {
-                continue;
-            }
+        let q_max = (GAUSS_LUT_LEN - 1) as f32;
+        for &i in which {
+            let s = &placed[i as usize];
             let ry0 = (s.y_min.floor().max(band_lo)) as usize;
             let ry1 = (s.y_max.ceil().min(band_hi)) as usize;
-            let inv_s2 = 1.0 / (s.sigma * s.sigma);
+            if s.sigma <= THIN_SIGMA {
+                self.draw_thin(s, ry0, ry1, y0, cover);
+                continue;
+            }
+            let q_scale = GAUSS_LUT_RES / (s.sigma * s.sigma);
+            let dy = s.dy.max(0.2);
             // Horizontal half-extent of the 3σ band around the line at one row.
-            let half = 3.0 * s.sigma / s.dy.max(0.2) + 1.0;
+            let half = 3.0 * s.sigma / dy + 0.5;
             let inv_len = 1.0 / s.len;
             // Soft ends over ~1σ or 15% of the length.
-            let end = (s.sigma / s.len).max(0.15).min(0.5);
+            let end = (s.sigma / s.len).clamp(0.15, 0.5);
+            // Along the row, `along` and `perp` change by constant steps.
+            let (d_along, d_perp) = (s.dx * inv_len, s.dy);
             for y in ry0..ry1 {
                 let py = y as f32 + 0.5;
-                let xc = s.tx + (py - s.ty) * s.dx / s.dy.max(0.2);
-                let x_lo = (xc - half).floor().max(0.0) as usize;
-                let x_hi = ((xc + half).ceil().max(0.0) as usize).min(w);
-                let row = &mut alpha[(y - y0) * w..(y - y0 + 1) * w];
-                for x in x_lo..x_hi {
-                    let px = x as f32 + 0.5;
-                    let (ex, ey) = (px - s.tx, py - s.ty);
-                    let along = (ex * s.dx + ey * s.dy) * inv_len;
-                    if along <= -end || along >= 1.0 + end {
-                        continue;
-                    }
-                    let perp = ex * s.dy - ey * s.dx;
-                    let q = perp * perp * inv_s2 * GAUSS_LUT_RES;
-                    if q >= (GAUSS_LUT_LEN - 1) as f32 {
-                        continue;
-                    }
-                    let ends = smoothstep(-end, end, along)
-                        * (1.0 - smoothstep(1.0 - end, 1.0 + end, along));
-                    row[x] += s.alpha * self.gauss[q as usize] * ends;
+                let ey = py - s.ty;
+                let xc = s.tx + ey * s.dx / dy;
+                // Truncation is floor for positive values (f32::floor is a libm call on
+                // baseline x86-64); one extra column at the right end is harmless.
+                let (lo, hi) = (xc - half, xc + half);
+                let x_lo = if lo > 0.0 { lo as usize } else { 0 };
+                let x_hi = if hi > 0.0 {
+                    (hi as usize + 1).min(w)
+                } else {
+                    0
+                };
+                if x_lo >= x_hi {
+                    continue;
                 }
+                let row = &mut cover[(y - y0) * w * 3..(y - y0 + 1) * w * 3];
+                let ex0 = x_lo as f32 + 0.5 - s.tx;
+                let mut along = (ex0 * s.dx + ey * s.dy) * inv_len;
+                let mut perp = ex0 * s.dy - ey * s.dx;
+                for x in x_lo..x_hi {
+                    let q = perp * perp * q_scale;
+                    if q < q_max && along > -end && along < 1.0 + end {
+                        let ends = if along >= end && along <= 1.0 - end {
+                            1.0
+                        } else {
+                            smoothstep(-end, end, along)
+                                * (1.0 - smoothstep(1.0 - end, 1.0 + end, along))
+                        };
+                        // SAFETY: 0 <= q < q_max (checked above, NaN fails the check).
+                        let qi = unsafe { q.to_int_unchecked::<u32>() } as usize;
+                        let v = s.alpha * self.gauss[qi] * ends;
+                        let px = &mut row[3 * x..3 * x + 3];
+                        px[0] += v;
+                        px[1] += v;
+                        px[2] += v;
+                    }
+                    along += d_along;
+                    perp += d_perp;
+                }
+            }
+        }
+    }
+
+    /// A streak narrower than a pixel: per row, its coverage split between the two columns
+    /// around its centre (linear interpolation), with the same soft ends as wide streaks.
+    #[inline(never)]
+    fn draw_thin(&self, s: &PlacedStreak, ry0: usize, ry1: usize, y0: usize, cover: &mut [f32]) {
+        let w = self.width;
+        let dy = s.dy.max(0.2);
+        let slope = s.dx / dy;
+        let inv_len = 1.0 / s.len;
+        let end = (s.sigma / s.len).clamp(0.15, 0.5);
+        // Coverage per row: a sub-pixel line of the drop's width covers about 2.5σ of a pixel.
+        let a = s.alpha * (2.5 * s.sigma).min(1.0) / dy.max(0.5);
+        let along_per_row = inv_len / dy;
+        for y in ry0..ry1 {
+            let ey = y as f32 + 0.5 - s.ty;
+            // Position along the streak of this row's centre crossing.
+            let along = ey * along_per_row;
+            if along <= -end || along >= 1.0 + end {
+                continue;
+            }
+            let ends = if along >= end && along <= 1.0 - end {
+                1.0
+            } else {
+                smoothstep(-end, end, along) * (1.0 - smoothstep(1.0 - end, 1.0 + end, along))
+            };
+            let xc = s.tx + ey * slope - 0.5;
+            if xc < 0.0 || xc >= (w - 1) as f32 {
+                continue;
+            }
+            let x0 = xc as usize;
+            let f = xc - x0 as f32;
+            let v = a * ends;
+            let i = ((y - y0) * w + x0) * 3;
+            let px = &mut cover[i..i + 6];
+            let (v0, v1) = (v * (1.0 - f), v * f);
+            px[0] += v0;
+            px[1] += v0;
+            px[2] += v0;
+            px[3] += v1;
+            px[4] += v1;
+            px[5] += v1;
+        }
+    }
+}
+
+/// Which blurred, full-width rows a mirrored output row blends, and with what weights.
+type MirrorBlend<'a> = Option<(&'a [f32], &'a [f32], f32, f32)>;
+
+/// The low-resolution rows above the horizon, upsampled to full width (RGB f32), for the wet
+/// road's reflection.
+struct MirrorRows {
+    /// `count` rows of `width * 3` values, for low-res rows `0..count`.
+    rows: Vec<f32>,
+    count: usize,
+    stride: usize,
+    /// Mirrored source row (full-resolution coordinates) of each output row.
+    src_y: Vec<f32>,
+    sheen: Vec<f32>,
+}
+
+impl MirrorRows {
+    fn new(low: &LowRes, rows: &RowModel, horizon: f32, weights: &[(u32, f32)]) -> Self {
+        let any = rows.sheen.iter().any(|&s| s > 0.0);
+        let count = if any {
+            ((horizon / LOWRES as f32).ceil() as usize + 2).min(low.h)
+        } else {
+            0
+        };
+        let stride = low.full_w * 3;
+        let mut data = vec![0.0f32; count * stride];
+        data.par_chunks_mut(stride.max(1))
+            .enumerate()
+            .for_each(|(ly, out)| {
+                low.upsample_row(ly, weights, out);
+            });
+        MirrorRows {
+            rows: data,
+            count,
+            stride,
+            src_y: rows.mirror_src.clone(),
+            sheen: rows.sheen.clone(),
+        }
+    }
+
+    /// The two rows and weights (`m·(1 − f)`, `m·f`) for output row `y`, where `m` scales the
+    /// reflection; `None` where there is none.
+    fn for_row(&self, y: usize, scale: f32) -> MirrorBlend<'_> {
+        let m = scale;
+        if self.sheen[y] <= 0.0 || m <= 0.0 || self.count == 0 {
+            return None;
+        }
+        let fy = (self.src_y[y] / LOWRES as f32 - 0.5).clamp(0.0, (self.count - 1) as f32);
+        let l0 = fy as usize;
+        let l1 = (l0 + 1).min(self.count - 1);
+        let f = fy - l0 as f32;
+        let row = |l: usize| &self.rows[l * self.stride..(l + 1) * self.stride];
+        Some((row(l0), row(l1), m * (1.0 - f), m * f))
+    }
+}
+
+/// `out = a·J + b (+ m0·U0 + m1·U1)`, then `out += min(cover, 1)·(L − out)`, over one row of
+/// interleaved RGB8 (`cover` repeated per channel), as a flat loop in 8-pixel blocks so that it
+/// vectorises.
+#[inline(always)]
+fn compose_row_kernel(
+    src: &[u8],
+    out: &mut [u8],
+    cover: &[f32],
+    mirror: MirrorBlend,
+    a: [f32; 3],
+    b: [f32; 3],
+    l: [f32; 3],
+) {
+    const BLOCK: usize = 24;
+    let pattern = |v: [f32; 3]| -> [f32; BLOCK] { std::array::from_fn(|i| v[i % 3]) };
+    let (pa, pb, pl) = (pattern(a), pattern(b), pattern(l));
+    let n = src.len();
+    let main = n - n % BLOCK;
+    let finish = |v: f32, c: f32, l: f32| {
+        let v = v + c.min(1.0) * (l - v);
+        // max/min map NaN to 0, so the value is in [0.5, 255.5]: the unchecked conversion is
+        // sound and, unlike a saturating `as`, vectorises.
+        let v = v.max(0.0).min(255.0) + 0.5;
+        // SAFETY: `v` is finite and within i32's range (see above).
+        unsafe { v.to_int_unchecked::<i32>() as u8 }
+    };
+    match mirror {
+        None => {
+            for ((s, o), c) in src[..main]
+                .chunks_exact(BLOCK)
+                .zip(out[..main].chunks_exact_mut(BLOCK))
+                .zip(cover[..main].chunks_exact(BLOCK))
+            {
+                for j in 0..BLOCK {
+                    o[j] = finish(pa[j] * s[j] as f32 + pb[j], c[j], pl[j]);
+                }
+            }
+            for i in main..n {
+                out[i] = finish(a[i % 3] * src[i] as f32 + b[i % 3], cover[i], l[i % 3]);
+            }
+        }
+        Some((u0, u1, m0, m1)) => {
+            for ((((s, o), c), r0), r1) in src[..main]
+                .chunks_exact(BLOCK)
+                .zip(out[..main].chunks_exact_mut(BLOCK))
+                .zip(cover[..main].chunks_exact(BLOCK))
+                .zip(u0[..main].chunks_exact(BLOCK))
+                .zip(u1[..main].chunks_exact(BLOCK))
+            {
+                for j in 0..BLOCK {
+                    let v = pa[j] * s[j] as f32 + pb[j] + (m0 * r0[j] + m1 * r1[j]);
+                    o[j] = finish(v, c[j], pl[j]);
+                }
+            }
+            for i in main..n {
+                let v = a[i % 3] * src[i] as f32 + b[i % 3] + (m0 * u0[i] + m1 * u1[i]);
+                out[i] = finish(v, cover[i], l[i % 3]);
             }
         }
     }
 }
 
-/// `out = a·J + b + m·mirror`, then `out += α·(L − out)`, for one row of RGB8.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn compose_row(
+type ComposeFn = unsafe fn(&[u8], &mut [u8], &[f32], MirrorBlend, [f32; 3], [f32; 3], [f32; 3]);
+
+/// The portable build of [`compose_row_kernel`].
+///
+/// # Safety
+/// None beyond the signature's; `unsafe` only to share a type with the AVX2 build.
+unsafe fn compose_row_plain(
     src: &[u8],
     out: &mut [u8],
-    alpha: &[f32],
-    mirror: &[f32],
+    cover: &[f32],
+    mirror: MirrorBlend,
     a: [f32; 3],
     b: [f32; 3],
-    m: f32,
     l: [f32; 3],
 ) {
-    let use_mirror = m > 0.0;
-    for (((s, o), &al), mir) in src
-        .chunks_exact(3)
-        .zip(out.chunks_exact_mut(3))
-        .zip(alpha)
-        .zip(mirror.chunks_exact(3))
-    {
-        let al = al.min(1.0);
-        for c in 0..3 {
-            let mut v = a[c] * s[c] as f32 + b[c];
-            if use_mirror {
-                v += m * mir[c];
-            }
-            v += al * (l[c] - v);
-            o[c] = (v.clamp(0.0, 255.0) + 0.5) as u8;
-        }
-    }
+    compose_row_kernel(src, out, cover, mirror, a, b, l)
+}
+
+/// [`compose_row_kernel`] compiled for AVX2 (no FMA: results are bit-identical to the portable
+/// build, so output does not depend on the CPU).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
+unsafe fn compose_row_avx2(
+    src: &[u8],
+    out: &mut [u8],
+    cover: &[f32],
+    mirror: MirrorBlend,
+    a: [f32; 3],
+    b: [f32; 3],
+    l: [f32; 3],
+) {
+    compose_row_kernel(src, out, cover, mirror, a, b, l)
 }
 
 /// Per-row geometry: ground-plane depth, wet-road factors and mirror rows.
@@ -599,6 +859,9 @@ struct LowRes {
 }
 
 impl LowRes {
+    /// Each low-res pixel averages two rows (a quarter and three quarters down its block) of
+    /// its 8x8 block: enough for statistics and for content that is blurred anyway.
+    #[inline(never)]
     fn new(src: &[u8], w: usize, h: usize) -> Self {
         let lw = w.div_ceil(LOWRES);
         let lh = h.div_ceil(LOWRES);
@@ -608,22 +871,21 @@ impl LowRes {
             .for_each(|(ly, row)| {
                 let y0 = ly * LOWRES;
                 let y1 = (y0 + LOWRES).min(h);
-                let mut acc = vec![0u32; lw * 3];
-                let mut cnt = vec![0u32; lw];
-                for y in y0..y1 {
-                    let src_row = &src[y * w * 3..(y + 1) * w * 3];
-                    for (x, px) in src_row.chunks_exact(3).enumerate() {
-                        let lx = x / LOWRES;
-                        acc[3 * lx] += px[0] as u32;
-                        acc[3 * lx + 1] += px[1] as u32;
-                        acc[3 * lx + 2] += px[2] as u32;
-                        cnt[lx] += 1;
+                let picks = [y0 + (y1 - y0) / 4, y0 + 3 * (y1 - y0) / 4];
+                for (lx, out) in row.chunks_exact_mut(3).enumerate() {
+                    let x0 = lx * LOWRES;
+                    let x1 = (x0 + LOWRES).min(w);
+                    let mut acc = [0u32; 3];
+                    for &y in &picks {
+                        for px in src[(y * w + x0) * 3..(y * w + x1) * 3].chunks_exact(3) {
+                            acc[0] += px[0] as u32;
+                            acc[1] += px[1] as u32;
+                            acc[2] += px[2] as u32;
+                        }
                     }
-                }
-                for lx in 0..lw {
-                    let n = cnt[lx].max(1) as f32;
+                    let n = (2 * (x1 - x0)) as f32;
                     for c in 0..3 {
-                        row[3 * lx + c] = acc[3 * lx + c] as f32 / n;
+                        out[c] = acc[c] as f32 / n;
                     }
                 }
             });
@@ -659,9 +921,16 @@ impl LowRes {
     /// Bilinear sample at full-resolution coordinates (`x`, `y`), clamped to the image.
     #[inline]
     fn sample(&self, x: f32, y: f32) -> [f32; 3] {
-        let fx = (x / LOWRES as f32 - 0.5).clamp(0.0, (self.w - 1) as f32);
-        let fy = (y / LOWRES as f32 - 0.5).clamp(0.0, (self.h - 1) as f32);
-        let (x0, y0) = (fx as usize, fy as usize);
+        // max/min also map NaN into range.
+        let fx = (x / LOWRES as f32 - 0.5).max(0.0).min((self.w - 1) as f32);
+        let fy = (y / LOWRES as f32 - 0.5).max(0.0).min((self.h - 1) as f32);
+        // SAFETY: fx, fy are finite, non-negative and below the image size.
+        let (x0, y0) = unsafe {
+            (
+                fx.to_int_unchecked::<u32>() as usize,
+                fy.to_int_unchecked::<u32>() as usize,
+            )
+        };
         let (x1, y1) = ((x0 + 1).min(self.w - 1), (y0 + 1).min(self.h - 1));
         let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
         let at = |xx: usize, yy: usize, c: usize| self.data[(yy * self.w + xx) * 3 + c];
@@ -672,10 +941,18 @@ impl LowRes {
         })
     }
 
-    /// Fills `out` (full-resolution RGB row) with the blurred scene at source row `y`.
-    fn mirror_row(&self, y: f32, out: &mut [f32]) {
-        for (x, px) in out.chunks_exact_mut(3).enumerate() {
-            px.copy_from_slice(&self.sample(x as f32 + 0.5, y));
+    /// Low-res row `ly` linearly upsampled to full width into `out` (RGB), with the column
+    /// weights of [`upsample_weights`].
+    #[inline(never)]
+    fn upsample_row(&self, ly: usize, weights: &[(u32, f32)], out: &mut [f32]) {
+        let row = &self.data[ly * self.w * 3..(ly + 1) * self.w * 3];
+        let last = self.w - 1;
+        for (px, &(x0, f)) in out.chunks_exact_mut(3).zip(weights) {
+            let x0 = x0 as usize;
+            let x1 = (x0 + 1).min(last);
+            for c in 0..3 {
+                px[c] = row[3 * x0 + c] * (1.0 - f) + row[3 * x1 + c] * f;
+            }
         }
     }
 
@@ -716,29 +993,40 @@ fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize,
     for y in y_lo..y_hi {
         let v = (y as f32 + 0.5 - d.cy) / d.ry;
         let row = &mut out[(y - y0) * w * 3..(y - y0 + 1) * w * 3];
+        let sy = d.cy - v * d.ry * d.view * 0.8;
+        let (hy2, v2) = ((v + 0.45) * (v + 0.45), v * v);
         for x in x_lo..x_hi {
             let u = (x as f32 + 0.5 - d.cx) / d.rx;
-            let rho = (u * u + v * v).sqrt();
-            if rho >= reach {
+            let rho2 = u * u + v2;
+            if rho2 >= reach * reach {
                 continue;
             }
-            let cover = 1.0 - smoothstep(1.0 - edge, reach, rho);
+            // The square root only where the rim's profile needs it.
+            let (cover, rim) = if rho2 < 0.49 {
+                (1.0, 1.0)
+            } else {
+                let rho = rho2.sqrt();
+                (
+                    1.0 - smoothstep(1.0 - edge, reach, rho),
+                    1.0 - 0.3 * smoothstep(0.7, 1.0, rho),
+                )
+            };
             // The drop is a small fish-eye lens: an inverted, wider view of the scene.
             let sx = d.cx - u * d.rx * d.view;
-            let sy = d.cy - v * d.ry * d.view * 0.8;
             let scene = view.sample(sx, sy);
             // Total internal reflection darkens the rim; a highlight sits up-left.
-            let rim = 1.0 - 0.3 * smoothstep(0.7, 1.0, rho);
-            let hl = {
-                let (hx, hy) = (u + 0.35, v + 0.45);
-                70.0 * (-(hx * hx + hy * hy) / 0.02).exp()
+            let h2 = (u + 0.35) * (u + 0.35) + hy2;
+            let hl = if h2 < 0.2 {
+                70.0 * (-h2 / 0.02).exp()
+            } else {
+                0.0
             };
             let a = cover * d.opacity;
             let px = &mut row[3 * x..3 * x + 3];
             for c in 0..3 {
                 let drop_v = (scene[c] * 1.05 * rim + hl).min(255.0);
                 let v0 = px[c] as f32;
-                px[c] = (v0 + a * (drop_v - v0)).clamp(0.0, 255.0).round() as u8;
+                px[c] = ((v0 + a * (drop_v - v0)).clamp(0.0, 255.0) + 0.5) as u8;
             }
         }
     }
