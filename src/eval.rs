@@ -558,7 +558,7 @@ fn heat_map(a: &RgbImage, b: &RgbImage) -> RgbImage {
     let (ya, yb) = (metrics::y_plane(a), metrics::y_plane(b));
     let mut out = RgbImage::new(a.width(), a.height());
     for (i, p) in out.pixels_mut().enumerate() {
-        let t = ((ya.data[i] - yb.data[i]).abs() / 64.0).min(1.0);
+        let t = ((ya.data[i] as f64 - yb.data[i] as f64).abs() / 64.0).min(1.0);
         let ch = |lo: f64| ((t - lo) * 3.0).clamp(0.0, 1.0);
         p.0 = [
             (ch(0.0) * 255.0) as u8,

@@ -80,26 +80,24 @@ pub mod inf_as_null {
     }
 }
 
-/// A plane of exact integer pixel values held as f64, row-major.
+/// One 8-bit plane (a Y channel or an RGB channel), row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plane {
     pub width: usize,
     pub height: usize,
-    pub data: Vec<f64>,
+    pub data: Vec<u8>,
 }
 
-/// MATLAB `rgb2ycbcr` luma of an RGB8 image, rounded to integers.
+/// MATLAB `rgb2ycbcr` luma of an RGB8 image, rounded to integers (16–235).
 pub fn y_plane(img: &RgbImage) -> Plane {
     const T: [f64; 3] = [65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0];
-    // The three products come from tables: the same IEEE products as computing them, so the
-    // sum `((T0·R + T1·G) + T2·B) + 16` is bit-identical to the direct formula.
-    let lut: [[f64; 256]; 3] = std::array::from_fn(|c| std::array::from_fn(|v| T[c] * v as f64));
-    let mut data = vec![0.0f64; img.as_raw().len() / 3];
+    let mut data = vec![0u8; img.as_raw().len() / 3];
     for (out, p) in data.iter_mut().zip(img.as_raw().chunks_exact(3)) {
-        let y = lut[0][p[0] as usize] + lut[1][p[1] as usize] + lut[2][p[2] as usize] + 16.0;
-        // Round half away from zero (y > 0): exact, and unlike f64::round it needs no SSE4.1.
-        let whole = y as i64 as f64;
-        *out = whole + if y - whole >= 0.5 { 1.0 } else { 0.0 };
+        let y = T[0] * p[0] as f64 + T[1] * p[1] as f64 + T[2] * p[2] as f64 + 16.0;
+        // Round half away from zero (16 <= y < 236): exact, without f64::round (a libm call
+        // on baseline x86-64).
+        let whole = y as i32;
+        *out = (whole + (y - whole as f64 >= 0.5) as i32) as u8;
     }
     Plane {
         width: img.width() as usize,
@@ -113,13 +111,7 @@ pub fn channel_plane(img: &RgbImage, c: usize) -> Plane {
     Plane {
         width: img.width() as usize,
         height: img.height() as usize,
-        data: img
-            .as_raw()
-            .iter()
-            .skip(c)
-            .step_by(3)
-            .map(|&v| v as f64)
-            .collect(),
+        data: img.as_raw().iter().skip(c).step_by(3).copied().collect(),
     }
 }
 
@@ -138,9 +130,15 @@ fn check(a: &RgbImage, b: &RgbImage) -> Result<(), MetricsError> {
     Ok(())
 }
 
-/// Sum of squared differences.
-fn sse(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+/// Sum of squared differences (exact, in integers).
+fn sse(a: &[u8], b: &[u8]) -> u64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = x as i32 - y as i32;
+            (d * d) as u64
+        })
+        .sum()
 }
 
 fn psnr_from_mse(mse: f64) -> f64 {
@@ -153,7 +151,7 @@ fn psnr_from_mse(mse: f64) -> f64 {
 
 /// PSNR between two planes of the same size (dB; infinite when identical).
 pub fn psnr(a: &Plane, b: &Plane) -> f64 {
-    psnr_from_mse(sse(&a.data, &b.data) / a.data.len() as f64)
+    psnr_from_mse(sse(&a.data, &b.data) as f64 / a.data.len() as f64)
 }
 
 /// PSNR over all channels of two RGB8 images.
@@ -164,16 +162,9 @@ pub fn psnr_rgb(a: &RgbImage, b: &RgbImage) -> Result<f64, MetricsError> {
             b: b.dimensions(),
         });
     }
-    let s: f64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(&x, &y)| {
-            let d = x as f64 - y as f64;
-            d * d
-        })
-        .sum();
-    Ok(psnr_from_mse(s / a.as_raw().len() as f64))
+    Ok(psnr_from_mse(
+        sse(a.as_raw(), b.as_raw()) as f64 / a.as_raw().len() as f64,
+    ))
 }
 
 /// The normalised 1-D Gaussian of the SSIM window (its outer product is the 2-D window).
@@ -206,127 +197,108 @@ pub fn ssim(a: &Plane, b: &Plane) -> f64 {
             return unsafe { ssim_avx2(a, b) };
         }
     }
-    ssim_generic(a, b)
+    ssim_kernel::<false>(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn ssim_avx2(a: &Plane, b: &Plane) -> f64 {
-    ssim_kernel(a, b)
+    ssim_kernel::<true>(a, b)
 }
 
-fn ssim_generic(a: &Plane, b: &Plane) -> f64 {
-    ssim_kernel(a, b)
-}
-
-/// Output columns per vertical strip: 11 rows of both planes for a strip (plus the window's
-/// overlap) stay in the L1 cache while the strip is walked down, so every input row is read from
-/// memory once instead of eleven times.
-const STRIP: usize = 118;
-
-/// Separable filtering of the five moment maps, strip by strip and one output row at a time
-/// (vertical pass into row buffers, then horizontal pass and the SSIM formula), so memory stays
-/// at a few rows.
-///
-/// The window is symmetric, so each pass first adds the mirrored taps (exact: integer-valued
-/// data) and multiplies 6 weights instead of 11. The loops run over x with the taps unrolled,
-/// so they vectorise; the map row is summed after it is computed (a running sum would not).
+/// `a·b + c`, fused where the CPU has FMA (`f64::mul_add` is a slow libm call elsewhere).
 #[inline(always)]
-fn ssim_kernel(a: &Plane, b: &Plane) -> f64 {
+fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Output columns per vertical strip: a strip's ring of filtered rows stays in the L1/L2 cache.
+const STRIP: usize = 112;
+/// The four moment maps filtered: x, y, x² + y², xy (the SSIM formula needs var_x + var_y
+/// only as a sum).
+const MAPS: usize = 4;
+
+/// Symmetric 11-tap weighted sum: the mirrored taps are added first (exact for these
+/// integer-valued maps), then six weights.
+#[inline(always)]
+fn taps<const FMA: bool>(g: &[f64; SSIM_WINDOW], v: impl Fn(usize) -> f64) -> f64 {
+    let mut s = g[RADIUS] * v(RADIUS);
+    for k in 0..RADIUS {
+        s = madd::<FMA>(g[k], v(k) + v(SSIM_WINDOW - 1 - k), s);
+    }
+    s
+}
+
+/// SSIM strip by strip: each input row's four maps are computed once into a ring of 11 rows,
+/// then filtered vertically (per column) and horizontally (per output pixel). Loops run over
+/// columns with the taps unrolled, so they vectorise; the map row is summed after it is
+/// computed (a running sum would keep the loop scalar).
+#[inline(always)]
+fn ssim_kernel<const FMA: bool>(a: &Plane, b: &Plane) -> f64 {
     let g = gaussian_window();
     let (w, h) = (a.width, a.height);
     let (ow, oh) = (w - 2 * RADIUS, h - 2 * RADIUS);
     let cols = STRIP + 2 * RADIUS;
-    let mut vx = vec![0.0f64; cols];
-    let mut vy = vec![0.0f64; cols];
-    let mut vxx = vec![0.0f64; cols];
-    let mut vyy = vec![0.0f64; cols];
-    let mut vxy = vec![0.0f64; cols];
+    // ring[slot][map][col]
+    let mut ring = vec![0.0f64; SSIM_WINDOW * MAPS * cols];
+    let mut vert = vec![0.0f64; MAPS * cols];
     let mut map_row = vec![0.0f64; STRIP];
     let mut total = 0.0f64;
     for x0 in (0..ow).step_by(STRIP) {
         let sw = STRIP.min(ow - x0);
         let iw = sw + 2 * RADIUS;
-        for oy in 0..oh {
-            let ra: [&[f64]; SSIM_WINDOW] =
-                std::array::from_fn(|k| &a.data[(oy + k) * w + x0..][..iw]);
-            let rb: [&[f64]; SSIM_WINDOW] =
-                std::array::from_fn(|k| &b.data[(oy + k) * w + x0..][..iw]);
-            vertical_pass(
-                &g,
-                &ra,
-                &rb,
-                [
-                    &mut vx[..iw],
-                    &mut vy[..iw],
-                    &mut vxx[..iw],
-                    &mut vyy[..iw],
-                    &mut vxy[..iw],
-                ],
-            );
-            let (vx, vy, vxx, vyy, vxy) = (&vx[..], &vy[..], &vxx[..], &vyy[..], &vxy[..]);
+        for r in 0..h {
+            let slot = &mut ring[(r % SSIM_WINDOW) * MAPS * cols..][..MAPS * cols];
+            let (mx, rest) = slot.split_at_mut(cols);
+            let (my, rest) = rest.split_at_mut(cols);
+            let (mss, mxy) = rest.split_at_mut(cols);
+            let (ra, rb) = (&a.data[r * w + x0..][..iw], &b.data[r * w + x0..][..iw]);
+            for c in 0..iw {
+                let (p, q) = (ra[c] as f64, rb[c] as f64);
+                mx[c] = p;
+                my[c] = q;
+                mss[c] = p * p + q * q;
+                mxy[c] = p * q;
+            }
+            if r + 1 < SSIM_WINDOW {
+                continue;
+            }
+            let oy = r + 1 - SSIM_WINDOW;
+            for m in 0..MAPS {
+                let rows: [&[f64]; SSIM_WINDOW] = std::array::from_fn(|k| {
+                    &ring[((oy + k) % SSIM_WINDOW) * MAPS * cols + m * cols..][..iw]
+                });
+                let out = &mut vert[m * cols..][..iw];
+                for (c, o) in out.iter_mut().enumerate() {
+                    // SAFETY: every row slice holds `iw` values and `c < iw`.
+                    *o = taps::<FMA>(&g, |k| unsafe { *rows[k].get_unchecked(c) });
+                }
+            }
+            let (vx, rest) = vert.split_at(cols);
+            let (vy, rest) = rest.split_at(cols);
+            let (vss, vxy) = rest.split_at(cols);
+            // Output `ox` reads columns `ox..ox + 11`, below `sw + 10 = iw <= cols`.
+            assert!(vxy.len() >= iw);
             for (ox, out) in map_row[..sw].iter_mut().enumerate() {
-                let tap = |v: &[f64]| {
-                    let v = &v[ox..ox + SSIM_WINDOW];
-                    let mut s = g[RADIUS] * v[RADIUS];
-                    for k in 0..RADIUS {
-                        s += g[k] * (v[k] + v[SSIM_WINDOW - 1 - k]);
-                    }
-                    s
-                };
-                let (mx, my) = (tap(vx), tap(vy));
-                let (sxx, syy, sxy) = (tap(vxx), tap(vyy), tap(vxy));
-                let var_x = sxx - mx * mx;
-                let var_y = syy - my * my;
-                let cov = sxy - mx * my;
-                let num = (2.0 * mx * my + C1) * (2.0 * cov + C2);
-                let den = (mx * mx + my * my + C1) * (var_x + var_y + C2);
+                // SAFETY: `ox + k < sw + 10 = iw`, and each map holds `cols >= iw` values.
+                let at = |v: &[f64], k: usize| unsafe { *v.get_unchecked(ox + k) };
+                let ux = taps::<FMA>(&g, |k| at(vx, k));
+                let uy = taps::<FMA>(&g, |k| at(vy, k));
+                let ss = taps::<FMA>(&g, |k| at(vss, k));
+                let sxy = taps::<FMA>(&g, |k| at(vxy, k));
+                let (xx, yy, xy) = (ux * ux, uy * uy, ux * uy);
+                let num = (2.0 * xy + C1) * (2.0 * (sxy - xy) + C2);
+                let den = (xx + yy + C1) * ((ss - xx - yy) + C2);
                 *out = num / den;
             }
             total += map_row[..sw].iter().sum::<f64>();
         }
     }
     total / (ow * oh) as f64
-}
-
-/// Weighted vertical sums of x, y, x², y², xy over 11 rows, for every column.
-#[inline(always)]
-fn vertical_pass(
-    g: &[f64; SSIM_WINDOW],
-    ra: &[&[f64]; SSIM_WINDOW],
-    rb: &[&[f64]; SSIM_WINDOW],
-    out: [&mut [f64]; 5],
-) {
-    let [vx, vy, vxx, vyy, vxy] = out;
-    let w = vx.len();
-    assert!(ra.iter().chain(rb).all(|r| r.len() >= w));
-    assert!(vy.len() >= w && vxx.len() >= w && vyy.len() >= w && vxy.len() >= w);
-    for x in 0..w {
-        // SAFETY: every row holds at least `w` values (asserted above). Unchecked loads let
-        // the 22 row reads vectorise without 22 bounds checks per column.
-        let p: [f64; SSIM_WINDOW] = std::array::from_fn(|k| unsafe { *ra[k].get_unchecked(x) });
-        let q: [f64; SSIM_WINDOW] = std::array::from_fn(|k| unsafe { *rb[k].get_unchecked(x) });
-        let c = RADIUS;
-        let (mut sx, mut sy) = (g[c] * p[c], g[c] * q[c]);
-        let (mut sxx, mut syy, mut sxy) = (
-            g[c] * (p[c] * p[c]),
-            g[c] * (q[c] * q[c]),
-            g[c] * (p[c] * q[c]),
-        );
-        for k in 0..RADIUS {
-            let m = SSIM_WINDOW - 1 - k;
-            sx += g[k] * (p[k] + p[m]);
-            sy += g[k] * (q[k] + q[m]);
-            sxx += g[k] * (p[k] * p[k] + p[m] * p[m]);
-            syy += g[k] * (q[k] * q[k] + q[m] * q[m]);
-            sxy += g[k] * (p[k] * q[k] + p[m] * q[m]);
-        }
-        vx[x] = sx;
-        vy[x] = sy;
-        vxx[x] = sxx;
-        vyy[x] = syy;
-        vxy[x] = sxy;
-    }
 }
 
 /// All four metrics of `pred` against `target`.
@@ -419,8 +391,8 @@ mod tests {
                 for i in 0..11 {
                     for j in 0..11 {
                         let wt = g[i] * g[j];
-                        let p = a.data[(oy + i) * w + ox + j];
-                        let q = b.data[(oy + i) * w + ox + j];
+                        let p = a.data[(oy + i) * w + ox + j] as f64;
+                        let q = b.data[(oy + i) * w + ox + j] as f64;
                         mx += wt * p;
                         my += wt * q;
                         sxx += wt * p * p;
@@ -477,7 +449,7 @@ mod tests {
         let fast = ssim(&ya, &yb);
         let naive = ssim_naive(&ya, &yb);
         assert!((fast - naive).abs() < 1e-12, "{fast} vs {naive}");
-        assert!((ssim_generic(&ya, &yb) - naive).abs() < 1e-12);
+        assert!((ssim_kernel::<false>(&ya, &yb) - naive).abs() < 1e-12);
         assert!(fast < 0.99 && fast > 0.1);
         assert!((ssim(&ya, &ya) - 1.0).abs() < 1e-12);
     }
@@ -493,7 +465,7 @@ mod tests {
             1 => image::Rgb([0, 0, 0]),
             _ => image::Rgb([255, 0, 0]),
         });
-        assert_eq!(y_plane(&img).data, vec![235.0, 16.0, 81.0]);
+        assert_eq!(y_plane(&img).data, vec![235, 16, 81]);
     }
 
     #[test]
