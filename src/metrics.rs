@@ -90,19 +90,40 @@ pub struct Plane {
 
 /// MATLAB `rgb2ycbcr` luma of an RGB8 image, rounded to integers (16–235).
 pub fn y_plane(img: &RgbImage) -> Plane {
-    const T: [f64; 3] = [65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0];
     let mut data = vec![0u8; img.as_raw().len() / 3];
-    for (out, p) in data.iter_mut().zip(img.as_raw().chunks_exact(3)) {
-        let y = T[0] * p[0] as f64 + T[1] * p[1] as f64 + T[2] * p[2] as f64 + 16.0;
-        // Round half away from zero (16 <= y < 236): exact, without f64::round (a libm call
-        // on baseline x86-64).
-        let whole = y as i32;
-        *out = (whole + (y - whole as f64 >= 0.5) as i32) as u8;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { luma_avx512(img.as_raw(), &mut data) };
+        } else {
+            luma_kernel(img.as_raw(), &mut data);
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    luma_kernel(img.as_raw(), &mut data);
     Plane {
         width: img.width() as usize,
         height: img.height() as usize,
         data,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx2")]
+unsafe fn luma_avx512(rgb: &[u8], out: &mut [u8]) {
+    luma_kernel(rgb, out)
+}
+
+#[inline(always)]
+fn luma_kernel(rgb: &[u8], out: &mut [u8]) {
+    const T: [f64; 3] = [65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0];
+    for (o, p) in out.iter_mut().zip(rgb.chunks_exact(3)) {
+        let y = T[0] * p[0] as f64 + T[1] * p[1] as f64 + T[2] * p[2] as f64 + 16.0;
+        // Round half away from zero (16 <= y < 236): exact, without f64::round (a libm call
+        // on baseline x86-64).
+        let whole = y as i32;
+        *o = (whole + (y - whole as f64 >= 0.5) as i32) as u8;
     }
 }
 
@@ -192,12 +213,22 @@ pub fn ssim(a: &Plane, b: &Plane) -> f64 {
     );
     #[cfg(target_arch = "x86_64")]
     {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { ssim_avx512(a, b) };
+        }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { ssim_avx2(a, b) };
         }
     }
     ssim_kernel::<false>(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn ssim_avx512(a: &Plane, b: &Plane) -> f64 {
+    ssim_kernel::<true>(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
