@@ -481,6 +481,22 @@ mod tests {
         let naive = ssim_naive(&ya, &yb);
         assert!((fast - naive).abs() < 1e-12, "{fast} vs {naive}");
         assert!((ssim_kernel::<false>(&ya, &yb) - naive).abs() < 1e-12);
+        // Every build the dispatcher may pick on this CPU agrees.
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                assert!((unsafe { ssim_avx2(&ya, &yb) } - naive).abs() < 1e-12);
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                assert!((unsafe { ssim_avx512(&ya, &yb) } - naive).abs() < 1e-12);
+            }
+        }
+        let mut plain = vec![0u8; ya.data.len()];
+        luma_kernel(a.as_raw(), &mut plain);
+        assert_eq!(
+            plain, ya.data,
+            "the portable and dispatched Y conversions agree"
+        );
         assert!(fast < 0.99 && fast > 0.1);
         assert!((ssim(&ya, &ya) - 1.0).abs() < 1e-12);
     }
