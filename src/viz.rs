@@ -63,9 +63,11 @@ impl RerunTarget {
     }
 }
 
-/// An open recording.
+/// An open recording. Dropped without [`finish`](Recorder::finish) (an error on the way), a
+/// saved recording's temporary file is removed: no half-written `.rrd` is left.
 pub struct Recorder {
-    rec: rerun::RecordingStream,
+    /// `None` only after `finish` (or during drop).
+    rec: Option<rerun::RecordingStream>,
     target: RerunTarget,
     tmp: Option<PathBuf>,
     jpeg_quality: u8,
@@ -98,26 +100,34 @@ impl Recorder {
             RerunTarget::Spawn => (builder.spawn().map_err(err)?, None),
         };
         Ok(Recorder {
-            rec,
+            rec: Some(rec),
             target: target.clone(),
             tmp,
             jpeg_quality,
         })
     }
 
+    fn stream(&self) -> &rerun::RecordingStream {
+        self.rec
+            .as_ref()
+            .expect("the stream lives until finish or drop")
+    }
+
     pub fn set_sequence(&self, timeline: &'static str, index: i64) {
-        self.rec.set_time_sequence(timeline, index);
+        self.stream().set_time_sequence(timeline, index);
     }
 
     pub fn set_seconds(&self, timeline: &'static str, secs: f64) {
-        self.rec.set_duration_secs(timeline, secs);
+        self.stream().set_duration_secs(timeline, secs);
     }
 
     fn log(&self, entity: &str, what: &impl rerun::AsComponents) -> Result<()> {
-        self.rec.log(entity, what).map_err(|e| VizError::Rerun {
-            target: self.target.describe(),
-            message: e.to_string(),
-        })
+        self.stream()
+            .log(entity, what)
+            .map_err(|e| VizError::Rerun {
+                target: self.target.describe(),
+                message: e.to_string(),
+            })
     }
 
     /// Logs an RGB8 image, JPEG-encoded.
@@ -141,21 +151,36 @@ impl Recorder {
     }
 
     /// Flushes everything; a saved recording gets its final name only now.
-    pub fn finish(self) -> Result<()> {
-        let Recorder {
-            rec, target, tmp, ..
-        } = self;
-        rec.flush_blocking().map_err(|e| VizError::Rerun {
-            target: target.describe(),
-            message: e.to_string(),
-        })?;
+    pub fn finish(mut self) -> Result<()> {
+        let rec = self.rec.take().expect("finish runs once");
+        let flushed = rec.flush_blocking();
         drop(rec);
-        if let (RerunTarget::Save(path), Some(tmp)) = (&target, tmp) {
+        if let Err(e) = flushed {
+            if let Some(tmp) = self.tmp.take() {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(VizError::Rerun {
+                target: self.target.describe(),
+                message: e.to_string(),
+            });
+        }
+        if let (RerunTarget::Save(path), Some(tmp)) = (&self.target, self.tmp.take()) {
             std::fs::rename(&tmp, path).map_err(|source| VizError::Finish {
                 path: path.clone(),
                 source,
             })?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            drop(rec); // closes the file sink
+            if let Some(tmp) = self.tmp.take() {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
     }
 }

@@ -743,6 +743,19 @@ fn inspect_writes_a_recording() {
         assert!(text.contains(entity), "{entity} missing from the recording");
     }
     assert!(fails(&["inspect", s(&d)], 2).contains("--save"));
+    // A pair that cannot be read ends the run with its name, and no recording (not even a
+    // temporary one) is left behind.
+    let m = manifest(&d);
+    let bad = m[1]["rainy"].as_str().unwrap();
+    std::fs::write(d.join(bad), b"").unwrap();
+    let rrd2 = t.path().join("broken.rrd");
+    assert!(fails(&["inspect", s(&d), "--save", s(&rrd2)], 1).contains(bad));
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("broken"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
