@@ -34,6 +34,13 @@ fn fails(args: &[&str], code: i32) -> String {
     err
 }
 
+/// `raincheck generate --clear CLEAR --out OUT EXTRA…`, which must fail with `code`: its stderr.
+fn generate_fails(clear: &Path, out: &Path, extra: &[&str], code: i32) -> String {
+    let mut args = vec!["generate", "--clear", s(clear), "--out", s(out)];
+    args.extend_from_slice(extra);
+    fails(&args, code)
+}
+
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/samples")
 }
@@ -483,89 +490,34 @@ fn bad_inputs_get_clear_errors() {
     // An empty folder, a missing folder, an output that is a file, a foreign folder.
     let empty = t.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    assert!(fails(
-        &[
-            "generate",
-            "--clear",
-            s(&empty),
-            "--out",
-            s(&t.path().join("o1"))
-        ],
-        1
-    )
-    .contains("no PNG or JPEG"));
-    assert!(fails(
-        &[
-            "generate",
-            "--clear",
-            "/nonexistent/x",
-            "--out",
-            s(&t.path().join("o2"))
-        ],
-        1
-    )
-    .contains("/nonexistent/x"));
+    let o = |name: &str| t.path().join(name);
+    assert!(generate_fails(&empty, &o("o1"), &[], 1).contains("no PNG or JPEG"));
+    assert!(
+        generate_fails(Path::new("/nonexistent/x"), &o("o2"), &[], 1).contains("/nonexistent/x")
+    );
     let file = t.path().join("file.txt");
     std::fs::write(&file, "x").unwrap();
-    assert!(
-        fails(&["generate", "--clear", s(&clear), "--out", s(&file)], 1).contains("not a folder")
-    );
-    assert!(
-        fails(&["generate", "--clear", s(&clear), "--out", s(&clear)], 1)
-            .contains("not a raincheck dataset")
-    );
+    assert!(generate_fails(&clear, &file, &[], 1).contains("not a folder"));
+    assert!(generate_fails(&clear, &clear, &[], 1).contains("not a raincheck dataset"));
     // Usage errors exit 2 and name the flag or value.
-    assert!(fails(
-        &[
-            "generate",
-            "--clear",
-            s(&clear),
-            "--out",
-            s(&t.path().join("o3")),
-            "--shard",
-            "3/2"
-        ],
-        2
-    )
-    .contains("3/2"));
-    assert!(fails(
-        &[
-            "generate",
-            "--clear",
-            s(&clear),
-            "--out",
-            s(&t.path().join("o4")),
-            "--rain",
-            "physical:monsoon"
-        ],
-        2
-    )
-    .contains("monsoon"));
-    assert!(fails(
+    assert!(generate_fails(&clear, &o("o3"), &["--shard", "3/2"], 2).contains("3/2"));
+    assert!(
+        generate_fails(&clear, &o("o4"), &["--rain", "physical:monsoon"], 2).contains("monsoon")
+    );
+    assert!(generate_fails(&clear, &o("o6"), &["--size", "640"], 2).contains("640"));
+    let err = fails(
         &[
             "rain",
             s(&clear),
             "--out",
-            s(&t.path().join("o5")),
+            s(&o("o5")),
             "--set",
-            "veil.nope=1"
+            "veil.nope=1",
         ],
-        2
-    )
-    .contains("veil.nope"));
-    assert!(fails(
-        &[
-            "generate",
-            "--clear",
-            s(&clear),
-            "--out",
-            s(&t.path().join("o6")),
-            "--size",
-            "640"
-        ],
-        2
-    )
-    .contains("640"));
+        2,
+    );
+    assert!(err.contains("veil.nope"), "{err}");
+    assert!(fails(&["dataset", "verify", s(&clear)], 1).contains("dataset.toml"));
     // Unreadable video.
     #[cfg(feature = "video")]
     bad_video(t.path());
