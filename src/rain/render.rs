@@ -615,6 +615,11 @@ impl RainRenderer {
         // Coverage per row: a sub-pixel line of the drop's width covers about 2.5σ of a pixel.
         let a = s.alpha * (2.5 * s.sigma).min(1.0) / dy.max(0.5);
         let along_per_row = inv_len / dy;
+        // Only the rows whose centre crossing lies on the streak (soft ends included).
+        let first = s.ty - 0.5 - end / along_per_row;
+        let last = s.ty - 0.5 + (1.0 + end) / along_per_row;
+        let ry0 = ry0.max(if first > 0.0 { first as usize } else { 0 });
+        let ry1 = ry1.min(if last > 0.0 { last as usize + 1 } else { 0 });
         for y in ry0..ry1 {
             let ey = y as f32 + 0.5 - s.ty;
             // Position along the streak of this row's centre crossing.
