@@ -513,6 +513,10 @@ mod tests {
             _ => image::Rgb([255, 0, 0]),
         });
         assert_eq!(y_plane(&img).data, vec![235, 16, 81]);
+        // RGB (0, 204, 68): exactly Y = 125.5, but the double MATLAB computes is
+        // 125.49999999999999, which rounds to 125 (one of 100 such triples).
+        let half = RgbImage::from_pixel(1, 1, image::Rgb([0, 204, 68]));
+        assert_eq!(y_plane(&half).data, vec![125]);
     }
 
     #[test]

@@ -29,10 +29,16 @@ TARGETS = [
 
 
 def y_channel(rgb8):
-    """MATLAB rgb2ycbcr Y for uint8 input: T/255 weights, +16, round half away from zero."""
+    """MATLAB rgb2ycbcr Y for uint8 input: T/255 weights, +16, round half away from zero.
+
+    The rounding is of the computed double, as in MATLAB: for 100 of the 194 RGB triples whose
+    exact Y is a half-integer, the double lands just below it and rounds down. (Here
+    trunc-based rounding and floor(y + 0.5) agree on all 2^24 triples.)
+    """
     r, g, b = (rgb8[..., i].astype(np.float64) for i in range(3))
     y = (65.481 / 255.0) * r + (128.553 / 255.0) * g + (24.966 / 255.0) * b + 16.0
-    return np.floor(y + 0.5)
+    whole = np.trunc(y)
+    return whole + (y - whole >= 0.5)
 
 
 def ssim(a, b, **kw):
