@@ -69,10 +69,10 @@ pub fn run(job: &RainJob) -> Result<RainSummary> {
         let pb = crate::progress::bar(images.len() as u64, "raining", job.progress);
         let mut outputs = Vec::new();
         for img in &images {
-            let depth = match &job.depth {
-                Some(dir) => Some(dir.join(format!("{}.png", stem_of(img)))),
-                None => None,
-            };
+            let depth = job
+                .depth
+                .as_ref()
+                .map(|dir| dir.join(format!("{}.png", stem_of(img))));
             outputs.push(rain_image(job, img, depth.as_deref())?);
             pb.inc(1);
         }

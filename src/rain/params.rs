@@ -251,6 +251,8 @@ impl RainParams {
     }
 
     /// Checks ranges that would otherwise give NaNs or empty renders.
+    // `!(x > 0.0)` on purpose: it also rejects NaN, which `x <= 0.0` would let through.
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn validate(&self) -> Result<(), RainError> {
         let fail = |what: &str| Err(RainError::Invalid(what.to_string()));
         if !(self.rate_mm_h >= 0.0 && self.rate_mm_h.is_finite()) {

@@ -478,8 +478,7 @@ impl RainRenderer {
                         Some(d) => {
                             let d_row = &d.metres[y * w..(y + 1) * w];
                             let m = mirror.for_row(y, rows.sheen[y]);
-                            for x in 0..w {
-                                let dm = d_row[x];
+                            for (x, &dm) in d_row.iter().enumerate() {
                                 let dm = if dm.is_finite() && dm > 0.0 {
                                     dm
                                 } else {
@@ -729,6 +728,7 @@ fn compose_row_kernel(
         let v = v + c.min(1.0) * (l - v);
         // max/min map NaN to 0, so the value is in [0.5, 255.5]: the unchecked conversion is
         // sound and, unlike a saturating `as`, vectorises.
+        #[allow(clippy::manual_clamp)] // clamp would keep NaN, which the conversion cannot take
         let v = v.max(0.0).min(255.0) + 0.5;
         // SAFETY: `v` is finite and within i32's range (see above).
         unsafe { v.to_int_unchecked::<i32>() as u8 }
