@@ -41,6 +41,17 @@ fn generate_fails(clear: &Path, out: &Path, extra: &[&str], code: i32) -> String
     fails(&args, code)
 }
 
+/// Names of the entries of `dir` (none if it does not exist) that contain `needle`.
+fn names_containing(dir: &Path, needle: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(needle))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/samples")
 }
@@ -548,13 +559,7 @@ fn bad_video(t: &Path) {
     } else {
         assert!(err.contains("cut.mp4"), "{err}");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(&out)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name())
-                .filter(|n| n.to_string_lossy().contains(".tmp"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let leftovers = names_containing(&out, ".tmp");
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -702,11 +707,7 @@ fn inspect_writes_a_recording() {
     std::fs::write(d.join(bad), b"").unwrap();
     let rrd2 = t.path().join("broken.rrd");
     assert!(fails(&["inspect", s(&d), "--save", s(&rrd2)], 1).contains(bad));
-    let left: Vec<_> = std::fs::read_dir(t.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("broken"))
-        .collect();
+    let left = names_containing(t.path(), "broken");
     assert!(left.is_empty(), "{left:?}");
 }
 

@@ -103,7 +103,6 @@ pub struct RainRenderer {
     params: RainParams,
     width: usize,
     height: usize,
-    focal_px: f32,
     streaks: Vec<Streak>,
     drops: Vec<DropSlot>,
     gauss: [f32; GAUSS_LUT_LEN],
@@ -111,6 +110,12 @@ pub struct RainRenderer {
     avx2: bool,
     /// Per output column: left low-res column and weight of the right one (upsampling).
     upsample: Vec<(u32, f32)>,
+    /// Per-row geometry (depth prior, wet road, reflections): fixed for a renderer.
+    rows: RowModel,
+    /// Horizon row in pixels.
+    horizon: f32,
+    /// How far outside the image streaks wrap (the longest streak's reach).
+    wrap_margin: f32,
 }
 
 /// SplitMix64 finaliser: derives independent seeds from one seed and a salt.
@@ -193,6 +198,12 @@ impl RainRenderer {
                 }
             })
             .collect();
+        let horizon = (params.camera.horizon * h as f32).round();
+        let wrap_margin = streaks
+            .iter()
+            .map(|s| s.len + 3.0 * s.sigma)
+            .fold(8.0f32, f32::max)
+            .min(2.0 * h as f32);
         let mut gauss = [0.0f32; GAUSS_LUT_LEN];
         for (i, g) in gauss.iter_mut().enumerate() {
             let q = i as f32 / GAUSS_LUT_RES;
@@ -202,12 +213,14 @@ impl RainRenderer {
             params: params.clone(),
             width: w,
             height: h,
-            focal_px,
             streaks,
             drops,
             gauss,
             avx2: cpu_has_avx2(),
             upsample: upsample_weights(w),
+            rows: RowModel::new(params, h, focal_px, horizon),
+            horizon,
+            wrap_margin,
         })
     }
 
@@ -281,12 +294,7 @@ impl RainRenderer {
     #[inline(never)]
     fn place_streaks(&self, frame: u64) -> Vec<PlacedStreak> {
         let (w, h) = (self.width as f32, self.height as f32);
-        let margin = self
-            .streaks
-            .iter()
-            .map(|s| s.len + 3.0 * s.sigma)
-            .fold(8.0f32, f32::max)
-            .min(2.0 * h);
+        let margin = self.wrap_margin;
         let (dom_w, dom_h) = (w + 2.0 * margin, h + 2.0 * margin);
         let t = frame as f64;
         self.streaks
@@ -401,7 +409,7 @@ impl RainRenderer {
 
         // Blurred low-resolution scene: statistics, reflections, lens drops.
         let low = LowRes::new(src_raw, w, h);
-        let horizon = (p.camera.horizon * h as f32).round();
+        let horizon = self.horizon;
         let (mean, sky) = low.means(horizon as usize);
         let tone = &p.tone;
         // Tone applied to the scene: J' = gain·(c·J + (1 − c)·μ)
@@ -413,7 +421,7 @@ impl RainRenderer {
             0.0
         };
 
-        let rows = RowModel::new(p, w, h, self.focal_px, horizon);
+        let rows = &self.rows;
         let placed = self.place_streaks(frame);
         let contrast = tone.contrast;
         let tone_b: [f32; 3] = std::array::from_fn(|c| gain[c] * (1.0 - contrast) * mean[c]);
@@ -429,7 +437,7 @@ impl RainRenderer {
 
         // Reflections: the blurred scene rows that mirror about the horizon, upsampled to full
         // width once per frame; each output row blends two of them.
-        let mirror = MirrorRows::new(&low, &rows, horizon, &self.upsample);
+        let mirror = MirrorRows::new(&low, rows, horizon, &self.upsample);
         // Which streaks touch which band, so that each band visits only its own.
         let n_bands = h.div_ceil(BAND_ROWS);
         let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); n_bands];
@@ -656,18 +664,17 @@ type MirrorBlend<'a> = Option<(&'a [f32], &'a [f32], f32, f32)>;
 
 /// The low-resolution rows above the horizon, upsampled to full width (RGB f32), for the wet
 /// road's reflection.
-struct MirrorRows {
+struct MirrorRows<'a> {
     /// `count` rows of `width * 3` values, for low-res rows `0..count`.
     rows: Vec<f32>,
     count: usize,
     stride: usize,
-    /// Mirrored source row (full-resolution coordinates) of each output row.
-    src_y: Vec<f32>,
-    sheen: Vec<f32>,
+    model: &'a RowModel,
 }
 
-impl MirrorRows {
-    fn new(low: &LowRes, rows: &RowModel, horizon: f32, weights: &[(u32, f32)]) -> Self {
+impl<'a> MirrorRows<'a> {
+    fn new(low: &LowRes, model: &'a RowModel, horizon: f32, weights: &[(u32, f32)]) -> Self {
+        let rows = model;
         let any = rows.sheen.iter().any(|&s| s > 0.0);
         let count = if any {
             ((horizon / LOWRES as f32).ceil() as usize + 2).min(low.h)
@@ -685,8 +692,7 @@ impl MirrorRows {
             rows: data,
             count,
             stride,
-            src_y: rows.mirror_src.clone(),
-            sheen: rows.sheen.clone(),
+            model,
         }
     }
 
@@ -694,10 +700,11 @@ impl MirrorRows {
     /// reflection; `None` where there is none.
     fn for_row(&self, y: usize, scale: f32) -> MirrorBlend<'_> {
         let m = scale;
-        if self.sheen[y] <= 0.0 || m <= 0.0 || self.count == 0 {
+        if self.model.sheen[y] <= 0.0 || m <= 0.0 || self.count == 0 {
             return None;
         }
-        let fy = (self.src_y[y] / LOWRES as f32 - 0.5).clamp(0.0, (self.count - 1) as f32);
+        let fy =
+            (self.model.mirror_src[y] / LOWRES as f32 - 0.5).clamp(0.0, (self.count - 1) as f32);
         let l0 = fy as usize;
         let l1 = (l0 + 1).min(self.count - 1);
         let f = fy - l0 as f32;
@@ -815,7 +822,7 @@ struct RowModel {
 }
 
 impl RowModel {
-    fn new(p: &RainParams, _w: usize, h: usize, focal: f32, horizon: f32) -> Self {
+    fn new(p: &RainParams, h: usize, focal: f32, horizon: f32) -> Self {
         let cam = &p.camera;
         let mut depth_m = Vec::with_capacity(h);
         let mut wet = Vec::with_capacity(h);
