@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod eval;
 pub mod image_io;
 pub mod metrics;
+pub mod nn;
 pub mod progress;
 pub mod rain;
 pub mod synth;

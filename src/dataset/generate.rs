@@ -116,10 +116,16 @@ pub struct GenerateSummary {
 
 /// One clear input.
 enum Item {
-    Image { id: String, path: PathBuf },
+    Image {
+        id: String,
+        path: PathBuf,
+    },
     /// Built only from video sources (feature `video`).
     #[cfg_attr(not(feature = "video"), allow(dead_code))]
-    Frame { id: String, index: u64 },
+    Frame {
+        id: String,
+        index: u64,
+    },
 }
 
 impl Item {
