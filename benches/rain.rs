@@ -41,6 +41,27 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+    // Where the time goes: the heavy preset without streaks, and without lens drops.
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut out = image_io::RgbImage::new(1280, 720);
+    for (name, change) in [
+        ("parts/heavy_no_streaks", "streaks.enabled=false"),
+        ("parts/heavy_no_drops", "lens_drops.count=0"),
+    ] {
+        let mut p = RainParams::preset(Preset::Heavy);
+        p.set(change).unwrap();
+        let r = RainRenderer::new(&p, 1280, 720, 7).unwrap();
+        let mut k = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                k += 1;
+                one.install(|| r.render_into(&img, k, None, &mut out).unwrap())
+            })
+        });
+    }
     g.finish();
 }
 

@@ -930,29 +930,6 @@ impl LowRes {
         (mean_of(0..self.h), mean_of(0..sky_rows))
     }
 
-    /// Bilinear sample at full-resolution coordinates (`x`, `y`), clamped to the image.
-    #[inline]
-    fn sample(&self, x: f32, y: f32) -> [f32; 3] {
-        // max/min also map NaN into range.
-        let fx = (x / LOWRES as f32 - 0.5).max(0.0).min((self.w - 1) as f32);
-        let fy = (y / LOWRES as f32 - 0.5).max(0.0).min((self.h - 1) as f32);
-        // SAFETY: fx, fy are finite, non-negative and below the image size.
-        let (x0, y0) = unsafe {
-            (
-                fx.to_int_unchecked::<u32>() as usize,
-                fy.to_int_unchecked::<u32>() as usize,
-            )
-        };
-        let (x1, y1) = ((x0 + 1).min(self.w - 1), (y0 + 1).min(self.h - 1));
-        let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
-        let at = |xx: usize, yy: usize, c: usize| self.data[(yy * self.w + xx) * 3 + c];
-        std::array::from_fn(|c| {
-            let top = at(x0, y0, c) * (1.0 - ax) + at(x1, y0, c) * ax;
-            let bot = at(x0, y1, c) * (1.0 - ax) + at(x1, y1, c) * ax;
-            top * (1.0 - ay) + bot * ay
-        })
-    }
-
     /// Low-res row `ly` linearly upsampled to full width into `out` (RGB), with the column
     /// weights of [`upsample_weights`].
     #[inline(never)]
@@ -1002,44 +979,75 @@ fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize,
     }
     let x_lo = (d.cx - d.rx * reach).floor().max(0.0) as usize;
     let x_hi = ((d.cx + d.rx * reach).ceil().max(0.0) as usize).min(w);
+    if x_lo >= x_hi {
+        return;
+    }
+    let inv_rx = 1.0 / d.rx;
+    let last = (view.w - 1) as f32;
+    // One row of the low-res view, blended vertically for the current drop row: only the
+    // columns this drop looks at.
+    let span = d.rx * reach * d.view;
+    let lx = |sx: f32| (sx / LOWRES as f32 - 0.5).max(0.0).min(last) as usize;
+    let (c_lo, c_hi) = (lx(d.cx - span), (lx(d.cx + span) + 2).min(view.w));
+    let mut vrow = vec![0.0f32; view.w * 3];
     for y in y_lo..y_hi {
         let v = (y as f32 + 0.5 - d.cy) / d.ry;
-        let row = &mut out[(y - y0) * w * 3..(y - y0 + 1) * w * 3];
+        let v2 = v * v;
+        if v2 >= reach * reach {
+            continue;
+        }
+        // The drop is a small fish-eye lens: an inverted, wider view of the scene. The row it
+        // looks at is the same along this drop row.
         let sy = d.cy - v * d.ry * d.view * 0.8;
-        let (hy2, v2) = ((v + 0.45) * (v + 0.45), v * v);
+        let fy = (sy / LOWRES as f32 - 0.5).clamp(0.0, (view.h - 1) as f32);
+        let (l0, ay) = (fy as usize, fy - (fy as usize) as f32);
+        let l1 = (l0 + 1).min(view.h - 1);
+        let (r0, r1) = (
+            &view.data[l0 * view.w * 3..][..view.w * 3],
+            &view.data[l1 * view.w * 3..][..view.w * 3],
+        );
+        let cols = 3 * c_lo..3 * c_hi;
+        for ((o, a), b) in vrow[cols.clone()]
+            .iter_mut()
+            .zip(&r0[cols.clone()])
+            .zip(&r1[cols])
+        {
+            *o = a + (b - a) * ay;
+        }
+        let hy2 = (v + 0.45) * (v + 0.45);
+        let row = &mut out[(y - y0) * w * 3..(y - y0 + 1) * w * 3];
+        let mut u = (x_lo as f32 + 0.5 - d.cx) * inv_rx;
         for x in x_lo..x_hi {
-            let u = (x as f32 + 0.5 - d.cx) / d.rx;
             let rho2 = u * u + v2;
-            if rho2 >= reach * reach {
-                continue;
+            if rho2 < reach * reach {
+                // The square root only where the rim's profile needs it.
+                let (cover, rim) = if rho2 < 0.49 {
+                    (1.0, 1.0)
+                } else {
+                    let rho = rho2.sqrt();
+                    (
+                        1.0 - smoothstep(1.0 - edge, reach, rho),
+                        1.0 - 0.3 * smoothstep(0.7, 1.0, rho),
+                    )
+                };
+                let sx = d.cx - u * d.rx * d.view;
+                let fx = (sx / LOWRES as f32 - 0.5).max(0.0).min(last);
+                let (x0, ax) = (fx as usize, fx - (fx as usize) as f32);
+                let x1 = (x0 + 1).min(view.w - 1);
+                // Total internal reflection darkens the rim; a soft highlight sits up-left.
+                let h2 = (u + 0.35) * (u + 0.35) + hy2;
+                let bump = (1.0 - h2 / 0.09).max(0.0);
+                let hl = 70.0 * bump * bump * bump;
+                let a = cover * d.opacity;
+                let px = &mut row[3 * x..3 * x + 3];
+                for c in 0..3 {
+                    let scene = vrow[3 * x0 + c] + (vrow[3 * x1 + c] - vrow[3 * x0 + c]) * ax;
+                    let drop_v = (scene * 1.05 * rim + hl).min(255.0);
+                    let v0 = px[c] as f32;
+                    px[c] = ((v0 + a * (drop_v - v0)).clamp(0.0, 255.0) + 0.5) as u8;
+                }
             }
-            // The square root only where the rim's profile needs it.
-            let (cover, rim) = if rho2 < 0.49 {
-                (1.0, 1.0)
-            } else {
-                let rho = rho2.sqrt();
-                (
-                    1.0 - smoothstep(1.0 - edge, reach, rho),
-                    1.0 - 0.3 * smoothstep(0.7, 1.0, rho),
-                )
-            };
-            // The drop is a small fish-eye lens: an inverted, wider view of the scene.
-            let sx = d.cx - u * d.rx * d.view;
-            let scene = view.sample(sx, sy);
-            // Total internal reflection darkens the rim; a highlight sits up-left.
-            let h2 = (u + 0.35) * (u + 0.35) + hy2;
-            let hl = if h2 < 0.2 {
-                70.0 * (-h2 / 0.02).exp()
-            } else {
-                0.0
-            };
-            let a = cover * d.opacity;
-            let px = &mut row[3 * x..3 * x + 3];
-            for c in 0..3 {
-                let drop_v = (scene[c] * 1.05 * rim + hl).min(255.0);
-                let v0 = px[c] as f32;
-                px[c] = ((v0 + a * (drop_v - v0)).clamp(0.0, 255.0) + 0.5) as u8;
-            }
+            u += inv_rx;
         }
     }
 }
