@@ -34,7 +34,7 @@ pub struct ReaderConfig {
     pub workers: usize,
     /// Batches each worker may prepare ahead.
     pub prefetch: usize,
-    /// Keep decoded images in memory (for datasets that fit).
+    /// Keep every decoded pair in memory (unbounded: only for datasets that fit in RAM).
     pub cache: bool,
 }
 
@@ -49,7 +49,7 @@ impl Default for ReaderConfig {
             seed: 0,
             workers: 2,
             prefetch: 2,
-            cache: true,
+            cache: false,
         }
     }
 }
@@ -218,16 +218,13 @@ impl Inner {
         Ok(pair)
     }
 
-    /// The record index of sample number `s` (epoch-wise permutation).
-    fn sample_index(&self, s: u64) -> usize {
-        let n = self.records.len() as u64;
-        let (epoch, pos) = (s / n, (s % n) as usize);
-        if !self.cfg.shuffle {
-            return pos;
+    /// The order of the records in `epoch` (a seeded permutation, or manifest order).
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.records.len()).collect();
+        if self.cfg.shuffle {
+            order.shuffle(&mut Pcg64Mcg::seed_from_u64(mix_seed(self.cfg.seed, epoch)));
         }
-        let mut order: Vec<usize> = (0..n as usize).collect();
-        order.shuffle(&mut Pcg64Mcg::seed_from_u64(mix_seed(self.cfg.seed, epoch)));
-        order[pos]
+        order
     }
 
     fn batch(&self, index: u64) -> Result<PairBatch> {
@@ -236,8 +233,15 @@ impl Inner {
         let mut rainys = Vec::with_capacity(b as usize);
         let mut ids = Vec::with_capacity(b as usize);
         let mut size = None;
+        let n = self.records.len() as u64;
+        // A batch spans at most a few epochs: each epoch's permutation is made once per batch.
+        let mut order: Option<(u64, Vec<usize>)> = None;
         for s in index * b..(index + 1) * b {
-            let i = self.sample_index(s);
+            let epoch = s / n;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                order = Some((epoch, self.epoch_order(epoch)));
+            }
+            let i = order.as_ref().expect("set above").1[(s % n) as usize];
             let pair = self.load(i)?;
             let (clean, rainy) = (&pair.0, &pair.1);
             let mut rng = Pcg64Mcg::seed_from_u64(mix_seed(self.cfg.seed ^ 0x5EED, s));
