@@ -31,13 +31,6 @@ pub enum EvalError {
         b: PathBuf,
         source: metrics::MetricsError,
     },
-    #[error("{}: duplicate image id `{id}` ({} and {})", dir.display(), first.display(), second.display())]
-    DuplicateId {
-        dir: PathBuf,
-        id: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
     #[error("{}: not a folder", path.display())]
     NotADir { path: PathBuf },
     #[error("{}: no images (PNG/JPEG) to score", path.display())]
@@ -138,28 +131,14 @@ pub fn protocol() -> serde_json::Value {
     })
 }
 
-/// Images of a folder keyed by file stem.
+/// Images of a folder keyed by file stem (at least one).
 fn index_dir(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     if !dir.is_dir() {
         return Err(EvalError::NotADir {
             path: dir.to_path_buf(),
         });
     }
-    let mut out = BTreeMap::new();
-    for p in image_io::list_images(dir)? {
-        let id = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Some(first) = out.insert(id.clone(), p.clone()) {
-            return Err(EvalError::DuplicateId {
-                dir: dir.to_path_buf(),
-                id,
-                first,
-                second: p,
-            });
-        }
-    }
+    let out = image_io::images_by_stem(dir)?;
     if out.is_empty() {
         return Err(EvalError::Empty {
             path: dir.to_path_buf(),

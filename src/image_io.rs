@@ -43,6 +43,14 @@ pub enum ImageIoError {
         path: PathBuf,
         source: image::ImageError,
     },
+    #[error("{} and {} share the stem `{stem}`; images are named by file stem", first.display(), second.display())]
+    DuplicateStem {
+        stem: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{}: the file name is not valid UTF-8", path.display())]
+    NonUtf8Name { path: PathBuf },
     #[error("cannot list folder {}: {source}", path.display())]
     ListDir {
         path: PathBuf,
@@ -89,6 +97,33 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     out.sort();
+    Ok(out)
+}
+
+/// The file stem of `path` as UTF-8 (the id of an image in datasets, reports and outputs).
+pub fn stem(path: &Path) -> Result<String> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| ImageIoError::NonUtf8Name {
+            path: path.to_path_buf(),
+        })
+}
+
+/// The images directly inside `dir`, keyed by file stem and sorted by it. Two files with one
+/// stem (`a.png`, `a.jpg`) are an error: their outputs would collide.
+pub fn images_by_stem(dir: &Path) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut out = std::collections::BTreeMap::new();
+    for path in list_images(dir)? {
+        let id = stem(&path)?;
+        if let Some(first) = out.insert(id.clone(), path.clone()) {
+            return Err(ImageIoError::DuplicateStem {
+                stem: id,
+                first,
+                second: path,
+            });
+        }
+    }
     Ok(out)
 }
 

@@ -59,7 +59,7 @@ pub fn run(job: &RainJob) -> Result<RainSummary> {
     }
     std::fs::create_dir_all(&job.out).map_err(crate::dataset::io_err(&job.out))?;
     if input.is_dir() {
-        let images = image_io::list_images(input)?;
+        let images = image_io::images_by_stem(input)?;
         if images.is_empty() {
             return Err(DatasetError::Path {
                 path: input.clone(),
@@ -68,11 +68,11 @@ pub fn run(job: &RainJob) -> Result<RainSummary> {
         }
         let pb = crate::progress::bar(images.len() as u64, "raining", job.progress);
         let mut outputs = Vec::new();
-        for img in &images {
+        for (stem, img) in &images {
             let depth = job
                 .depth
                 .as_ref()
-                .map(|dir| dir.join(format!("{}.png", stem_of(img))));
+                .map(|dir| dir.join(format!("{stem}.png")));
             outputs.push(rain_image(job, img, depth.as_deref())?);
             pb.inc(1);
         }

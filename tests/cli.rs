@@ -529,6 +529,31 @@ fn bad_inputs_get_clear_errors() {
     );
     assert!(err.contains("veil.nope"), "{err}");
     assert!(fails(&["dataset", "verify", s(&clear)], 1).contains("dataset.toml"));
+    // Two inputs with one stem would write one output: refused, both named.
+    let clash = t.path().join("clash");
+    std::fs::create_dir_all(&clash).unwrap();
+    let first = std::fs::read_dir(&clear)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&first, clash.join("x.png")).unwrap();
+    std::fs::copy(
+        samples().join("frames/dlib_la_downtown.jpg"),
+        clash.join("x.jpg"),
+    )
+    .unwrap();
+    for args in [
+        vec!["rain", s(&clash), "--out", s(&o("o10"))],
+        vec!["generate", "--clear", s(&clash), "--out", s(&o("o11"))],
+    ] {
+        let err = fails(&args, 1);
+        assert!(
+            err.contains("x.png") && err.contains("x.jpg") && err.contains("stem"),
+            "{err}"
+        );
+    }
     // Unreadable video.
     #[cfg(feature = "video")]
     bad_video(t.path());

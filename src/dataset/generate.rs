@@ -254,7 +254,7 @@ fn read_journal(out: &Path) -> Result<Vec<PairRecord>> {
     Ok(records)
 }
 
-fn list_items(cfg: &GenerateConfig) -> Result<(Vec<Item>, Option<u64>)> {
+fn list_items(cfg: &GenerateConfig) -> Result<Vec<Item>> {
     let clear = &cfg.clear;
     if !clear.exists() {
         return Err(DatasetError::Path {
@@ -263,40 +263,23 @@ fn list_items(cfg: &GenerateConfig) -> Result<(Vec<Item>, Option<u64>)> {
         });
     }
     if clear.is_dir() {
-        let paths = image_io::list_images(clear)?;
-        if paths.is_empty() {
+        let images = image_io::images_by_stem(clear)?;
+        if images.is_empty() {
             return Err(DatasetError::Path {
                 path: clear.clone(),
                 why: "contains no PNG or JPEG images (--clear)".into(),
             });
         }
-        let mut items = Vec::with_capacity(paths.len());
-        let mut seen = std::collections::HashMap::new();
-        for path in paths {
-            let id = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .ok_or_else(|| DatasetError::Path {
-                    path: path.clone(),
-                    why: "file name is not valid UTF-8".into(),
-                })?
-                .to_string();
-            if let Some(prev) = seen.insert(id.clone(), path.clone()) {
-                return Err(DatasetError::Inputs(format!(
-                    "{} and {} share the id `{id}`; pairs are named by file stem",
-                    prev.display(),
-                    path.display()
-                )));
-            }
-            items.push(Item::Image { id, path });
-        }
-        return Ok((items, None));
+        return Ok(images
+            .into_iter()
+            .map(|(id, path)| Item::Image { id, path })
+            .collect());
     }
     video_items(cfg)
 }
 
 #[cfg(feature = "video")]
-fn video_items(cfg: &GenerateConfig) -> Result<(Vec<Item>, Option<u64>)> {
+fn video_items(cfg: &GenerateConfig) -> Result<Vec<Item>> {
     use crate::video::{VideoReader, VideoSource};
     let reader = VideoReader::open(&VideoSource::File(cfg.clear.clone()))?;
     let stem = cfg
@@ -314,18 +297,17 @@ fn video_items(cfg: &GenerateConfig) -> Result<(Vec<Item>, Option<u64>)> {
             why: "video reports no frames".into(),
         });
     }
-    let items = (0..n)
+    Ok((0..n)
         .step_by(every as usize)
         .map(|index| Item::Frame {
             id: format!("{stem}_{index:06}"),
             index,
         })
-        .collect();
-    Ok((items, Some(n)))
+        .collect())
 }
 
 #[cfg(not(feature = "video"))]
-fn video_items(cfg: &GenerateConfig) -> Result<(Vec<Item>, Option<u64>)> {
+fn video_items(cfg: &GenerateConfig) -> Result<Vec<Item>> {
     Err(DatasetError::Path {
         path: cfg.clear.clone(),
         why: "is a file; video input needs raincheck built with the `video` feature".into(),
@@ -428,7 +410,7 @@ impl PairWriter<'_> {
 /// Generates (or finishes) a paired dataset. See the module docs for the crash-safety contract.
 pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary> {
     let spec = spec_of(cfg);
-    let (items, _) = list_items(cfg)?;
+    let items = list_items(cfg)?;
     let items: Vec<Item> = match cfg.shard {
         Some(s) => items.into_iter().filter(|it| s.contains(it.id())).collect(),
         None => items,
@@ -468,13 +450,14 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary> {
     };
     let pb = crate::progress::bar(todo.len() as u64, "generating", cfg.progress);
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let fail = |what: String, err: DatasetError| -> Result<()> {
-        // Unreadable inputs are collected and reported together; write errors stop the run.
+    let fail = |err: DatasetError| -> Result<()> {
+        // Unreadable inputs are collected and reported together; failures to write or encode
+        // the outputs stop the run.
+        use crate::image_io::ImageIoError;
         match err {
-            DatasetError::Image(crate::image_io::ImageIoError::Write { .. })
+            DatasetError::Image(ImageIoError::Write { .. } | ImageIoError::Encode { .. })
             | DatasetError::Io { .. } => Err(err),
             other => {
-                let _ = what;
                 failures
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -503,7 +486,7 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary> {
                 pb.inc(1);
                 match res {
                     Ok(r) => Ok(Some(r)),
-                    Err(e) => fail(id.clone(), e).map(|_| None),
+                    Err(e) => fail(e).map(|_| None),
                 }
             })
             .collect::<Result<_>>()?;
@@ -555,7 +538,7 @@ fn generate_from_video(
     writer: &PairWriter,
     todo: &[&Item],
     pb: &indicatif::ProgressBar,
-    fail: &(dyn Fn(String, DatasetError) -> Result<()> + Sync),
+    fail: &(dyn Fn(DatasetError) -> Result<()> + Sync),
 ) -> Result<Vec<PairRecord>> {
     use crate::video::{VideoReader, VideoSource};
     let mut reader = VideoReader::open(&VideoSource::File(cfg.clear.clone()))?;
@@ -590,7 +573,7 @@ fn generate_from_video(
                     pb.inc(1);
                     match res {
                         Ok(r) => Ok(Some(r)),
-                        Err(e) => fail(id.to_string(), e).map(|_| None),
+                        Err(e) => fail(e).map(|_| None),
                     }
                 })
                 .collect::<Result<_>>()?;
@@ -637,7 +620,7 @@ fn generate_from_video(
     _: &PairWriter,
     _: &[&Item],
     _: &indicatif::ProgressBar,
-    _: &(dyn Fn(String, DatasetError) -> Result<()> + Sync),
+    _: &(dyn Fn(DatasetError) -> Result<()> + Sync),
 ) -> Result<Vec<PairRecord>> {
     video_items(cfg).map(|_| Vec::new())
 }
