@@ -513,9 +513,7 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary> {
     let generated = made.len();
     let mut records = done;
     records.extend(made);
-    let mut info = DatasetInfo::from_records(&records);
-    info.generation = Some(spec);
-    write_dataset(&cfg.out, &mut records, info)?;
+    write_dataset(&cfg.out, &mut records, Some(spec), Vec::new())?;
     for f in [JOURNAL, SPEC_FILE] {
         let p = cfg.out.join(f);
         std::fs::remove_file(&p).map_err(io_err(&p))?;

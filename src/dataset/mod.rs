@@ -397,22 +397,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Writes records (sorted by id) as `manifest.jsonl` and `dataset.toml`, atomically.
+/// Writes records (sorted by id) as `manifest.jsonl`, then `dataset.toml` with their counts
+/// and the given provenance, each atomically; returns the info written.
 pub(crate) fn write_dataset(
     root: &Path,
     records: &mut [PairRecord],
-    mut info: DatasetInfo,
-) -> Result<()> {
+    generation: Option<generate::GenerationSpec>,
+    merged_from: Vec<String>,
+) -> Result<DatasetInfo> {
     records.sort_by(|a, b| a.id.cmp(&b.id));
     let mut manifest = String::new();
     for r in records.iter() {
         manifest.push_str(&serde_json::to_string(r).expect("records serialise"));
         manifest.push('\n');
     }
-    let counts = DatasetInfo::from_records(records);
-    info.pairs = counts.pairs;
-    info.splits = counts.splits;
-    info.methods = counts.methods;
+    let info = DatasetInfo {
+        generation,
+        merged_from,
+        ..DatasetInfo::from_records(records)
+    };
     let mpath = root.join(MANIFEST);
     crate::image_io::write_atomic(&mpath, manifest.as_bytes()).map_err(io_err(&mpath))?;
     let tpath = root.join(DATASET_TOML);
@@ -421,7 +424,7 @@ pub(crate) fn write_dataset(
         why: e.to_string(),
     })?;
     crate::image_io::write_atomic(&tpath, text.as_bytes()).map_err(io_err(&tpath))?;
-    Ok(())
+    Ok(info)
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, progress: bool) -> Result<DatasetIn
         })?;
         pb.finish_and_clear();
         let mut records: Vec<PairRecord> = by_id.into_values().map(|(_, r)| r).collect();
-        let mut info = DatasetInfo::from_records(&records);
+        let mut generation = None;
         // Shards of one generation merge back into that generation (without the shard).
         let gens: Vec<_> = sets.iter().map(|d| d.info.generation.clone()).collect();
         if let Some(Some(first)) = gens.first() {
@@ -170,12 +170,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path, progress: bool) -> Result<DatasetIn
                 .iter()
                 .all(|g| g.as_ref().map(strip) == Some(strip(first)))
             {
-                info.generation = Some(strip(first));
+                generation = Some(strip(first));
             }
         }
-        info.merged_from = inputs.iter().map(|p| p.display().to_string()).collect();
-        write_dataset(&tmp, &mut records, info.clone())?;
-        Ok(DatasetInfo::from_records(&records))
+        let merged_from = inputs.iter().map(|p| p.display().to_string()).collect();
+        write_dataset(&tmp, &mut records, generation, merged_from)
     })();
     match result {
         Ok(info) => {
