@@ -334,15 +334,22 @@ impl VideoWriter {
     }
 
     /// Closes the container and moves it to its final name.
+    /// On failure the temporary file is removed: no half-written video is left.
     pub fn finish(mut self) -> Result<PathBuf> {
-        if let Some(mut w) = self.writer.take() {
-            cv(w.release(), || self.path.display().to_string())?;
+        let mut w = self
+            .writer
+            .take()
+            .expect("the writer is present until finish");
+        let done = cv(w.release(), || self.path.display().to_string()).and_then(|()| {
+            std::fs::rename(&self.tmp, &self.path).map_err(|source| VideoError::Finish {
+                path: self.path.clone(),
+                source,
+            })
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
         }
-        std::fs::rename(&self.tmp, &self.path).map_err(|source| VideoError::Finish {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(self.path.clone())
+        done.map(|()| self.path.clone())
     }
 }
 
