@@ -34,6 +34,13 @@ fn fails(args: &[&str], code: i32) -> String {
     err
 }
 
+/// `raincheck generate --clear CLEAR --out OUT EXTRA…`, which must succeed: its stdout.
+fn generate_ok(clear: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["generate", "--clear", s(clear), "--out", s(out)];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
 /// `raincheck generate --clear CLEAR --out OUT EXTRA…`, which must fail with `code`: its stderr.
 fn generate_fails(clear: &Path, out: &Path, extra: &[&str], code: i32) -> String {
     let mut args = vec!["generate", "--clear", s(clear), "--out", s(out)];
@@ -135,17 +142,7 @@ fn generate_is_deterministic_and_complete() {
     let a = t.path().join("a");
     let b = t.path().join("b");
     for out in [&a, &b] {
-        ok(&[
-            "generate",
-            "--clear",
-            s(&clear),
-            "--out",
-            s(out),
-            "--seed",
-            "3",
-            "--rain",
-            "physical:heavy",
-        ]);
+        generate_ok(&clear, &out, &["--seed", "3", "--rain", "physical:heavy"]);
     }
     assert_same_tree(&a, &b);
     let m = manifest(&a);
@@ -170,16 +167,7 @@ fn generate_is_deterministic_and_complete() {
     let out = ok(&["dataset", "verify", s(&a)]);
     assert!(out.contains("6 of 6 pairs ok"), "{out}");
     // A rerun of a finished dataset is a no-op; other settings into it are refused.
-    assert!(ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&a),
-        "--seed",
-        "3"
-    ])
-    .contains("already complete"));
+    assert!(generate_ok(&clear, &a, &["--seed", "3"]).contains("already complete"));
     let err = fails(
         &[
             "generate",
@@ -195,15 +183,7 @@ fn generate_is_deterministic_and_complete() {
     assert!(err.contains("other settings"), "{err}");
     // Another seed gives other rain on the same clean images.
     let c = t.path().join("c");
-    ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&c),
-        "--seed",
-        "4",
-    ]);
+    generate_ok(&clear, &c, &["--seed", "4"]);
     let (ta, tc) = (tree_bytes(&a), tree_bytes(&c));
     assert!(ta[0] == tc[0], "clean halves are the same");
     assert!(ta[6] != tc[6], "rainy halves differ");
@@ -224,24 +204,8 @@ fn splits_are_stable_when_images_are_added() {
         std::fs::copy(p, few.join(p.file_name().unwrap())).unwrap();
     }
     let (d1, d2) = (t.path().join("d1"), t.path().join("d2"));
-    ok(&[
-        "generate",
-        "--clear",
-        s(&few),
-        "--out",
-        s(&d1),
-        "--split",
-        "0.5,0.25,0.25",
-    ]);
-    ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&d2),
-        "--split",
-        "0.5,0.25,0.25",
-    ]);
+    generate_ok(&few, &d1, &["--split", "0.5,0.25,0.25"]);
+    generate_ok(&clear, &d2, &["--split", "0.5,0.25,0.25"]);
     let m2 = manifest(&d2);
     for rec in manifest(&d1) {
         let same = m2.iter().find(|r| r["id"] == rec["id"]).unwrap();
@@ -263,29 +227,11 @@ fn shards_merge_into_the_unsharded_dataset() {
     let t = tempfile::tempdir().unwrap();
     let clear = small_frames(t.path(), 8);
     let whole = t.path().join("whole");
-    ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&whole),
-        "--seed",
-        "9",
-    ]);
+    generate_ok(&clear, &whole, &["--seed", "9"]);
     let mut shards = Vec::new();
     for i in 1..=3 {
         let d = t.path().join(format!("shard{i}"));
-        ok(&[
-            "generate",
-            "--clear",
-            s(&clear),
-            "--out",
-            s(&d),
-            "--seed",
-            "9",
-            "--shard",
-            &format!("{i}/3"),
-        ]);
+        generate_ok(&clear, &d, &["--seed", "9", "--shard", &format!("{i}/3")]);
         shards.push(d);
     }
     let total: usize = shards.iter().map(|d| manifest(d).len()).sum();
@@ -321,28 +267,12 @@ fn interrupted_generate_resumes_to_the_same_bytes() {
     let t = tempfile::tempdir().unwrap();
     let clear = small_frames(t.path(), 6);
     let fresh = t.path().join("fresh");
-    ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&fresh),
-        "--seed",
-        "5",
-    ]);
+    generate_ok(&clear, &fresh, &["--seed", "5"]);
 
     // A state such as a kill leaves: two pairs journaled, a torn journal line, a stray
     // temporary file, and a third pair whose files exist but that was never journaled.
     let broken = t.path().join("broken");
-    ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&broken),
-        "--seed",
-        "5",
-    ]);
+    generate_ok(&clear, &broken, &["--seed", "5"]);
     let lines: Vec<String> = std::fs::read_to_string(broken.join("manifest.jsonl"))
         .unwrap()
         .lines()
@@ -367,15 +297,7 @@ fn interrupted_generate_resumes_to_the_same_bytes() {
         b"garbage from a killed writer",
     )
     .unwrap();
-    let out = ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&broken),
-        "--seed",
-        "5",
-    ]);
+    let out = generate_ok(&clear, &broken, &["--seed", "5"]);
     assert!(out.contains("2 from an earlier run"), "{out}");
     assert_same_tree(&broken, &fresh);
     assert!(!broken.join("rainy/.x.png.123.tmp.png").exists());
@@ -414,25 +336,9 @@ fn interrupted_generate_resumes_to_the_same_bytes() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    ok(&[
-        "generate",
-        "--clear",
-        s(&big),
-        "--out",
-        s(&killed),
-        "--seed",
-        "5",
-    ]);
+    generate_ok(&big, &killed, &["--seed", "5"]);
     let reference = t.path().join("reference");
-    ok(&[
-        "generate",
-        "--clear",
-        s(&big),
-        "--out",
-        s(&reference),
-        "--seed",
-        "5",
-    ]);
+    generate_ok(&big, &reference, &["--seed", "5"]);
     assert_same_tree(&killed, &reference);
 }
 
@@ -441,7 +347,7 @@ fn verify_reports_missing_and_corrupt_files() {
     let t = tempfile::tempdir().unwrap();
     let clear = small_frames(t.path(), 4);
     let d = t.path().join("d");
-    ok(&["generate", "--clear", s(&clear), "--out", s(&d)]);
+    generate_ok(&clear, &d, &[]);
     let m = manifest(&d);
     std::fs::remove_file(d.join(m[0]["clean"].as_str().unwrap())).unwrap();
     std::fs::write(d.join(m[1]["rainy"].as_str().unwrap()), b"flipped bits").unwrap();
@@ -485,14 +391,7 @@ fn bad_inputs_get_clear_errors() {
     }
     assert!(err.contains("3 good pairs are kept"), "{err}");
     // With --skip-bad the dataset completes from the good pairs (resuming the kept ones).
-    let o = ok(&[
-        "generate",
-        "--clear",
-        s(&bad),
-        "--out",
-        s(&out),
-        "--skip-bad",
-    ]);
+    let o = generate_ok(&bad, &out, &["--skip-bad"]);
     assert!(
         o.contains("3 pairs") && o.contains("3 from an earlier run"),
         "{o}"
@@ -624,15 +523,7 @@ fn rain_on_images_and_folders() {
         .unwrap();
     ok(&["rain", s(&first), "--out", s(&one), "--seed", "7"]);
     let ds = t.path().join("ds");
-    ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&ds),
-        "--seed",
-        "7",
-    ]);
+    generate_ok(&clear, &ds, &["--seed", "7"]);
     let name = first.file_name().unwrap();
     assert_eq!(
         std::fs::read(one.join(name)).unwrap(),
@@ -710,7 +601,7 @@ fn inspect_writes_a_recording() {
     let t = tempfile::tempdir().unwrap();
     let clear = small_frames(t.path(), 3);
     let d = t.path().join("d");
-    ok(&["generate", "--clear", s(&clear), "--out", s(&d)]);
+    generate_ok(&clear, &d, &[]);
     let rrd = t.path().join("pairs.rrd");
     let out = ok(&["inspect", s(&d), "--save", s(&rrd)]);
     assert!(out.contains("3 pairs logged"), "{out}");
@@ -742,15 +633,7 @@ fn reader_batches_are_deterministic_cropped_and_flipped() {
     let t = tempfile::tempdir().unwrap();
     let clear = small_frames(t.path(), 6);
     let d = t.path().join("d");
-    ok(&[
-        "generate",
-        "--clear",
-        s(&clear),
-        "--out",
-        s(&d),
-        "--split",
-        "1,0,0",
-    ]);
+    generate_ok(&clear, &d, &["--split", "1,0,0"]);
     let cfg = ReaderConfig {
         split: Split::Train,
         batch: 4,

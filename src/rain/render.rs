@@ -674,8 +674,7 @@ struct MirrorRows<'a> {
 
 impl<'a> MirrorRows<'a> {
     fn new(low: &LowRes, model: &'a RowModel, horizon: f32, weights: &[(u32, f32)]) -> Self {
-        let rows = model;
-        let any = rows.sheen.iter().any(|&s| s > 0.0);
+        let any = model.sheen.iter().any(|&s| s > 0.0);
         let count = if any {
             ((horizon / LOWRES as f32).ceil() as usize + 2).min(low.h)
         } else {
