@@ -37,12 +37,6 @@ pub fn image_seed(seed: u64, stem: &str) -> u64 {
     mix_seed(seed, crate::dataset::id_hash("raincheck-rain", stem))
 }
 
-fn stem_of(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into())
-}
-
 pub fn run(job: &RainJob) -> Result<RainSummary> {
     let input = &job.input;
     if !input.exists() {
@@ -92,7 +86,7 @@ pub fn run(job: &RainJob) -> Result<RainSummary> {
 
 fn rain_image(job: &RainJob, path: &Path, depth: Option<&Path>) -> Result<PathBuf> {
     let img = image_io::load_rgb8(path)?;
-    let stem = stem_of(path);
+    let stem = image_io::stem(path)?;
     let renderer = RainRenderer::new(
         &job.params,
         img.width(),
@@ -132,7 +126,7 @@ fn rain_video(job: &RainJob) -> Result<RainSummary> {
         Some(e) if e == "avi" || e == "mkv" => e,
         _ => "mp4".to_string(),
     };
-    let stem = stem_of(input);
+    let stem = image_io::stem(input)?;
     let out = job.out.join(format!("{stem}.{ext}"));
     let renderer = RainRenderer::new(
         &job.params,
