@@ -142,7 +142,7 @@ fn generate_is_deterministic_and_complete() {
     let a = t.path().join("a");
     let b = t.path().join("b");
     for out in [&a, &b] {
-        generate_ok(&clear, &out, &["--seed", "3", "--rain", "physical:heavy"]);
+        generate_ok(&clear, out, &["--seed", "3", "--rain", "physical:heavy"]);
     }
     assert_same_tree(&a, &b);
     let m = manifest(&a);

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::image_io::RgbImage;
 
+mod kernels;
+
 /// Side of the SSIM window.
 pub const SSIM_WINDOW: usize = 11;
 /// Standard deviation of the SSIM window's Gaussian.
@@ -90,18 +92,15 @@ pub struct Plane {
 
 /// MATLAB `rgb2ycbcr` luma of an RGB8 image, rounded to integers (16–235).
 pub fn y_plane(img: &RgbImage) -> Plane {
-    let mut data = vec![0u8; img.as_raw().len() / 3];
+    let (rgb, mut data) = (img.as_raw(), vec![0u8; img.as_raw().len() / 3]);
+    #[allow(unused_mut)]
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { luma_avx512(img.as_raw(), &mut data) };
-        } else {
-            luma_kernel(img.as_raw(), &mut data);
-        }
+    if has_avx512_bytes() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        done = unsafe { kernels::luma_avx512(rgb, &mut data) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    luma_kernel(img.as_raw(), &mut data);
+    kernels::luma(&rgb[3 * done..], &mut data[done..]);
     Plane {
         width: img.width() as usize,
         height: img.height() as usize,
@@ -110,21 +109,11 @@ pub fn y_plane(img: &RgbImage) -> Plane {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx2")]
-unsafe fn luma_avx512(rgb: &[u8], out: &mut [u8]) {
-    luma_kernel(rgb, out)
-}
-
-#[inline(always)]
-fn luma_kernel(rgb: &[u8], out: &mut [u8]) {
-    const T: [f64; 3] = [65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0];
-    for (o, p) in out.iter_mut().zip(rgb.chunks_exact(3)) {
-        let y = T[0] * p[0] as f64 + T[1] * p[1] as f64 + T[2] * p[2] as f64 + 16.0;
-        // Round half away from zero (16 <= y < 236): exact, without f64::round (a libm call
-        // on baseline x86-64).
-        let whole = y as i32;
-        *o = (whole + (y - whole as f64 >= 0.5) as i32) as u8;
-    }
+fn has_avx512_bytes() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vbmi")
 }
 
 /// One channel (0 = R, 1 = G, 2 = B) of an RGB8 image.
@@ -151,17 +140,6 @@ fn check(a: &RgbImage, b: &RgbImage) -> Result<(), MetricsError> {
     Ok(())
 }
 
-/// Sum of squared differences (exact, in integers).
-fn sse(a: &[u8], b: &[u8]) -> u64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let d = x as i32 - y as i32;
-            (d * d) as u64
-        })
-        .sum()
-}
-
 fn psnr_from_mse(mse: f64) -> f64 {
     if mse == 0.0 {
         f64::INFINITY
@@ -172,7 +150,7 @@ fn psnr_from_mse(mse: f64) -> f64 {
 
 /// PSNR between two planes of the same size (dB; infinite when identical).
 pub fn psnr(a: &Plane, b: &Plane) -> f64 {
-    psnr_from_mse(sse(&a.data, &b.data) as f64 / a.data.len() as f64)
+    psnr_from_mse(kernels::sse(&a.data, &b.data) as f64 / a.data.len() as f64)
 }
 
 /// PSNR over all channels of two RGB8 images.
@@ -184,7 +162,7 @@ pub fn psnr_rgb(a: &RgbImage, b: &RgbImage) -> Result<f64, MetricsError> {
         });
     }
     Ok(psnr_from_mse(
-        sse(a.as_raw(), b.as_raw()) as f64 / a.as_raw().len() as f64,
+        kernels::sse(a.as_raw(), b.as_raw()) as f64 / a.as_raw().len() as f64,
     ))
 }
 
@@ -213,7 +191,7 @@ pub fn ssim(a: &Plane, b: &Plane) -> f64 {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { ssim_avx512(a, b) };
         }
@@ -222,114 +200,23 @@ pub fn ssim(a: &Plane, b: &Plane) -> f64 {
             return unsafe { ssim_avx2(a, b) };
         }
     }
-    ssim_kernel::<false>(a, b)
+    ssim_portable(a, b)
+}
+
+fn ssim_portable(a: &Plane, b: &Plane) -> f64 {
+    kernels::ssim::<f64>(&a.data, &b.data, a.width, a.height)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn ssim_avx512(a: &Plane, b: &Plane) -> f64 {
-    ssim_kernel::<true>(a, b)
+    kernels::ssim::<kernels::Avx512>(&a.data, &b.data, a.width, a.height)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn ssim_avx2(a: &Plane, b: &Plane) -> f64 {
-    ssim_kernel::<true>(a, b)
-}
-
-/// `a·b + c`, fused where the CPU has FMA (`f64::mul_add` is a slow libm call elsewhere).
-#[inline(always)]
-fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// Output columns per vertical strip: a strip's ring of filtered rows stays in the L1/L2 cache.
-const STRIP: usize = 112;
-/// The four moment maps filtered: x, y, x² + y², xy (the SSIM formula needs var_x + var_y
-/// only as a sum).
-const MAPS: usize = 4;
-
-/// Symmetric 11-tap weighted sum: the mirrored taps are added first (exact for these
-/// integer-valued maps), then six weights.
-#[inline(always)]
-fn taps<const FMA: bool>(g: &[f64; SSIM_WINDOW], v: impl Fn(usize) -> f64) -> f64 {
-    let mut s = g[RADIUS] * v(RADIUS);
-    for k in 0..RADIUS {
-        s = madd::<FMA>(g[k], v(k) + v(SSIM_WINDOW - 1 - k), s);
-    }
-    s
-}
-
-/// SSIM strip by strip: each input row's four maps are computed once into a ring of 11 rows,
-/// then filtered vertically (per column) and horizontally (per output pixel). Loops run over
-/// columns with the taps unrolled, so they vectorise; the map row is summed after it is
-/// computed (a running sum would keep the loop scalar).
-#[inline(always)]
-fn ssim_kernel<const FMA: bool>(a: &Plane, b: &Plane) -> f64 {
-    let g = gaussian_window();
-    let (w, h) = (a.width, a.height);
-    let (ow, oh) = (w - 2 * RADIUS, h - 2 * RADIUS);
-    let cols = STRIP + 2 * RADIUS;
-    // ring[slot][map][col]
-    let mut ring = vec![0.0f64; SSIM_WINDOW * MAPS * cols];
-    let mut vert = vec![0.0f64; MAPS * cols];
-    let mut map_row = vec![0.0f64; STRIP];
-    let mut total = 0.0f64;
-    for x0 in (0..ow).step_by(STRIP) {
-        let sw = STRIP.min(ow - x0);
-        let iw = sw + 2 * RADIUS;
-        for r in 0..h {
-            let slot = &mut ring[(r % SSIM_WINDOW) * MAPS * cols..][..MAPS * cols];
-            let (mx, rest) = slot.split_at_mut(cols);
-            let (my, rest) = rest.split_at_mut(cols);
-            let (mss, mxy) = rest.split_at_mut(cols);
-            let (ra, rb) = (&a.data[r * w + x0..][..iw], &b.data[r * w + x0..][..iw]);
-            for c in 0..iw {
-                let (p, q) = (ra[c] as f64, rb[c] as f64);
-                mx[c] = p;
-                my[c] = q;
-                mss[c] = p * p + q * q;
-                mxy[c] = p * q;
-            }
-            if r + 1 < SSIM_WINDOW {
-                continue;
-            }
-            let oy = r + 1 - SSIM_WINDOW;
-            for m in 0..MAPS {
-                let rows: [&[f64]; SSIM_WINDOW] = std::array::from_fn(|k| {
-                    &ring[((oy + k) % SSIM_WINDOW) * MAPS * cols + m * cols..][..iw]
-                });
-                let out = &mut vert[m * cols..][..iw];
-                for (c, o) in out.iter_mut().enumerate() {
-                    // SAFETY: every row slice holds `iw` values and `c < iw`.
-                    *o = taps::<FMA>(&g, |k| unsafe { *rows[k].get_unchecked(c) });
-                }
-            }
-            let (vx, rest) = vert.split_at(cols);
-            let (vy, rest) = rest.split_at(cols);
-            let (vss, vxy) = rest.split_at(cols);
-            // Output `ox` reads columns `ox..ox + 11`, below `sw + 10 = iw <= cols`.
-            assert!(vxy.len() >= iw);
-            for (ox, out) in map_row[..sw].iter_mut().enumerate() {
-                // SAFETY: `ox + k < sw + 10 = iw`, and each map holds `cols >= iw` values.
-                let at = |v: &[f64], k: usize| unsafe { *v.get_unchecked(ox + k) };
-                let ux = taps::<FMA>(&g, |k| at(vx, k));
-                let uy = taps::<FMA>(&g, |k| at(vy, k));
-                let ss = taps::<FMA>(&g, |k| at(vss, k));
-                let sxy = taps::<FMA>(&g, |k| at(vxy, k));
-                let (xx, yy, xy) = (ux * ux, uy * uy, ux * uy);
-                let num = (2.0 * xy + C1) * (2.0 * (sxy - xy) + C2);
-                let den = (xx + yy + C1) * ((ss - xx - yy) + C2);
-                *out = num / den;
-            }
-            total += map_row[..sw].iter().sum::<f64>();
-        }
-    }
-    total / (ow * oh) as f64
+    kernels::ssim::<kernels::Avx2>(&a.data, &b.data, a.width, a.height)
 }
 
 /// All four metrics of `pred` against `target`.
@@ -480,25 +367,39 @@ mod tests {
         let fast = ssim(&ya, &yb);
         let naive = ssim_naive(&ya, &yb);
         assert!((fast - naive).abs() < 1e-12, "{fast} vs {naive}");
-        assert!((ssim_kernel::<false>(&ya, &yb) - naive).abs() < 1e-12);
+        assert!((ssim_portable(&ya, &yb) - naive).abs() < 1e-12);
         // Every build the dispatcher may pick on this CPU agrees.
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 assert!((unsafe { ssim_avx2(&ya, &yb) } - naive).abs() < 1e-12);
             }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512f") {
                 assert!((unsafe { ssim_avx512(&ya, &yb) } - naive).abs() < 1e-12);
             }
         }
         let mut plain = vec![0u8; ya.data.len()];
-        luma_kernel(a.as_raw(), &mut plain);
+        kernels::luma(a.as_raw(), &mut plain);
         assert_eq!(
             plain, ya.data,
             "the portable and dispatched Y conversions agree"
         );
         assert!(fast < 0.99 && fast > 0.1);
         assert!((ssim(&ya, &ya) - 1.0).abs() < 1e-12);
+    }
+
+    /// The vector Y conversion equals the scalar one on every one of the 2^24 RGB triples
+    /// (ties included: MATLAB's double arithmetic decides them, and both follow it exactly).
+    #[test]
+    fn vector_luma_equals_scalar_on_every_colour() {
+        let rgb: Vec<u8> = (0..1u32 << 24)
+            .flat_map(|v| [(v >> 16) as u8, (v >> 8) as u8, v as u8])
+            .collect();
+        let img = RgbImage::from_raw(4096, 4096, rgb).unwrap();
+        let mut scalar = vec![0u8; 1 << 24];
+        kernels::luma(img.as_raw(), &mut scalar);
+        assert_eq!(y_plane(&img).data, scalar);
+        assert_eq!((scalar[0], scalar[(1 << 24) - 1]), (16, 235));
     }
 
     #[test]
