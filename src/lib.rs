@@ -5,6 +5,7 @@
 //! sink every stage logs through. See ARCHITECTURE.md for the module map and its invariants.
 
 pub mod dataset;
+pub mod derain;
 pub mod eval;
 pub mod image_io;
 pub mod metrics;

@@ -1,6 +1,7 @@
-//! Shared differentiable layers that candle 0.11 lacks: reflection padding, instance
-//! normalisation (no affine parameters, no running statistics, as in the CycleGAN reference
-//! generator), and padding to a size multiple with the crop back.
+//! Shared differentiable layers that candle 0.11 lacks (or has without a backward pass):
+//! reflection padding, instance normalisation (no affine parameters, no running statistics, as
+//! in the CycleGAN reference generator), padding to a size multiple with the crop back, pixel
+//! (un)shuffle, layer normalisation, and bilinear resampling as two matrix products.
 //!
 //! Everything is built from candle ops that have a backward pass (`index_select`, means,
 //! broadcasts), so gradients reach the inputs; tests check them against finite differences.
@@ -91,6 +92,70 @@ pub fn crop_to(xs: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
     xs.narrow(2, 0, h)?.narrow(3, 0, w)
 }
 
+/// Space-to-depth, as PyTorch's `pixel_unshuffle`: `(b, c, h, w)` → `(b, c·r², h/r, w/r)`, output
+/// channel `c·r² + i·r + j` holding offset `(i, j)` of each `r`x`r` block.
+pub fn pixel_unshuffle(xs: &Tensor, r: usize) -> Result<Tensor> {
+    if r == 1 {
+        return Ok(xs.clone());
+    }
+    let (b, c, h, w) = xs.dims4()?;
+    xs.reshape(vec![b, c, h / r, r, w / r, r])?
+        .permute([0, 1, 3, 5, 2, 4])?
+        .reshape((b, c * r * r, h / r, w / r))
+}
+
+/// Depth-to-space, as PyTorch's `pixel_shuffle` (the inverse of [`pixel_unshuffle`]).
+pub fn pixel_shuffle(xs: &Tensor, r: usize) -> Result<Tensor> {
+    if r == 1 {
+        return Ok(xs.clone());
+    }
+    let (b, c, h, w) = xs.dims4()?;
+    let c = c / (r * r);
+    xs.reshape(vec![b, c, r, r, h, w])?
+        .permute([0, 1, 4, 2, 5, 3])?
+        .reshape((b, c, h * r, w * r))
+}
+
+/// Layer normalisation over the last dimension with an affine map (`candle_nn::LayerNorm` has no
+/// backward pass).
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let xc = xs.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// The `(n_out, n_in)` matrix of 1-D linear interpolation with PyTorch's `align_corners=False`
+/// convention (edges clamped).
+pub fn linear_resample_matrix(n_in: usize, n_out: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; n_out * n_in];
+    let scale = n_in as f32 / n_out as f32;
+    for i in 0..n_out {
+        let src = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (n_in - 1) as f32);
+        let i0 = src as usize;
+        let i1 = (i0 + 1).min(n_in - 1);
+        let f = src - i0 as f32;
+        m[i * n_in + i0] += 1.0 - f;
+        m[i * n_in + i1] += f;
+    }
+    Tensor::from_vec(m, (n_out, n_in), device)
+}
+
+/// Bilinear resampling of `(c, h, w)` to `(c, out_h, out_w)` as `R_h · x · R_wᵀ`: matrix products,
+/// so it has a backward pass (candle's `upsample_bilinear2d` has none).
+pub fn resize_bilinear(xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (c, h, w) = xs.dims3()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(xs.clone());
+    }
+    let rh = linear_resample_matrix(h, out_h, xs.device())?;
+    let rw = linear_resample_matrix(w, out_w, xs.device())?;
+    let rows = rh.broadcast_left(c)?.matmul(xs)?; // (c, out_h, w)
+    rows.matmul(&rw.t()?.broadcast_left(c)?.contiguous()?)
+}
+
 /// A `(b, c, h, w)` tensor of values `0, 1, 2, …` (for tests and examples).
 pub fn arange4(shape: (usize, usize, usize, usize), device: &Device) -> Result<Tensor> {
     let n = shape.0 * shape.1 * shape.2 * shape.3;
@@ -119,6 +184,76 @@ mod tests {
             reflection_pad2d(&x, 2).is_err(),
             "pad must be smaller than the side"
         );
+    }
+
+    #[test]
+    fn pixel_shuffle_inverts_unshuffle_with_pytorch_channel_order() {
+        let x = arange4((1, 2, 4, 6), &Device::Cpu).unwrap();
+        let u = pixel_unshuffle(&x, 2).unwrap();
+        assert_eq!(u.dims(), &[1, 8, 2, 3]);
+        // Channel 1 of the output = input channel 0 at offset (0, 1): values x[0, 2i, 2j + 1].
+        let c1: Vec<Vec<f32>> = u.get(0).unwrap().get(1).unwrap().to_vec2().unwrap();
+        assert_eq!(c1, vec![vec![1., 3., 5.], vec![13., 15., 17.]]);
+        let back = pixel_shuffle(&u, 2).unwrap();
+        let diff: f32 = (back - &x)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn bilinear_resampling_matches_align_corners_false() {
+        // PyTorch: F.interpolate([[0, 1, 2, 3]], size=8, mode='linear', align_corners=False)
+        let m = linear_resample_matrix(4, 8, &Device::Cpu).unwrap();
+        let x = Tensor::new(&[0f32, 1., 2., 3.], &Device::Cpu).unwrap();
+        let y: Vec<f32> = m
+            .matmul(&x.unsqueeze(1).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want = [0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+        let img = arange4((1, 2, 3, 5), &Device::Cpu)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        assert_eq!(resize_bilinear(&img, 6, 7).unwrap().dims(), &[2, 6, 7]);
+        let same = resize_bilinear(&img, 3, 5).unwrap();
+        let d: f32 = (same - &img)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn layer_norm_normalises_the_last_dimension() {
+        let x = (arange4((1, 2, 3, 8), &Device::Cpu).unwrap().sqr().unwrap() * 0.1).unwrap();
+        let (w, b) = (
+            Tensor::ones(8, DType::F32, &Device::Cpu).unwrap(),
+            Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let y = layer_norm(&x, &w, &b, 1e-5)
+            .unwrap()
+            .reshape((6, 8))
+            .unwrap();
+        let mean: Vec<f32> = y.mean(1).unwrap().to_vec1().unwrap();
+        let var: Vec<f32> = y.sqr().unwrap().mean(1).unwrap().to_vec1().unwrap();
+        assert!(mean.iter().all(|m| m.abs() < 1e-5), "{mean:?}");
+        assert!(var.iter().all(|v| (v - 1.0).abs() < 1e-3), "{var:?}");
     }
 
     #[test]
