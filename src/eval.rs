@@ -44,6 +44,10 @@ pub enum EvalError {
     },
     #[error(transparent)]
     Viz(#[from] crate::viz::VizError),
+    #[error(transparent)]
+    Model(#[from] crate::derain::DerainError),
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
 }
 
 pub type Result<T> = std::result::Result<T, EvalError>;
@@ -572,4 +576,89 @@ pub fn summary_table(r: &Report) -> String {
     }
     let _ = write!(s, "{} images", r.count);
     s
+}
+
+/// `raincheck eval --model RUN --data DATASET`: a de-rainer over one split of a dataset.
+pub struct ModelEvalConfig {
+    /// A run folder, or a weight file with `arch`/`preset`.
+    pub model: PathBuf,
+    pub arch: Option<String>,
+    pub preset: Option<String>,
+    pub data: PathBuf,
+    pub split: crate::dataset::Split,
+    /// Report folder; the de-rained images go to its `outputs/` as `ID.png`.
+    pub report: PathBuf,
+    pub device: candle_core::Device,
+    pub tiling: Option<crate::derain::Tiling>,
+    pub rerun: Option<RerunTarget>,
+    pub jpeg_quality: u8,
+    pub progress: bool,
+}
+
+/// Runs the model over the split's rainy images (outputs kept in `REPORT/outputs/`), then scores
+/// them like [`run`] with the split's clean images as targets and rainy ones as inputs.
+pub fn run_model(cfg: &ModelEvalConfig) -> Result<Report> {
+    let ds = crate::dataset::Dataset::open(&cfg.data)?;
+    let records: Vec<_> = ds.split(cfg.split).collect();
+    if records.is_empty() {
+        return Err(EvalError::Empty {
+            path: cfg.data.join(format!("({} split)", cfg.split)),
+        });
+    }
+    let m = crate::derain::load(
+        &cfg.model,
+        cfg.arch.as_deref(),
+        cfg.preset.as_deref(),
+        &cfg.device,
+    )?;
+    let outputs = cfg.report.join("outputs");
+    // The outputs of an earlier evaluation into this report would be scored as well.
+    if outputs.is_dir() {
+        std::fs::remove_dir_all(&outputs).map_err(|source| EvalError::Write {
+            path: outputs.clone(),
+            source,
+        })?;
+    }
+    // Targets and inputs of this split only, linked (or copied) under the ids' names.
+    let work = cfg.report.join(format!(".pairs.{}", std::process::id()));
+    let (target, input) = (work.join("target"), work.join("input"));
+    for dir in [&outputs, &target, &input] {
+        std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let result = (|| {
+        let pb = crate::progress::bar(records.len() as u64, "de-raining", cfg.progress);
+        for r in &records {
+            let rainy_path = ds.root.join(&r.rainy);
+            let rainy = image_io::load_rgb8(&rainy_path)?;
+            let out = crate::derain::derain_image(&m.model, &rainy, &cfg.device, cfg.tiling)?;
+            image_io::save_png(&out, &outputs.join(format!("{}.png", r.id)))?;
+            for (src, dir) in [(&r.clean, &target), (&r.rainy, &input)] {
+                let from = ds.root.join(src);
+                let ext = from.extension().and_then(|e| e.to_str()).unwrap_or("png");
+                let to = dir.join(format!("{}.{ext}", r.id));
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).map_err(|source| EvalError::Write {
+                        path: to.clone(),
+                        source,
+                    })?;
+                }
+            }
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        run(&EvalConfig {
+            pred: outputs.clone(),
+            target: target.clone(),
+            input: Some(input.clone()),
+            report: cfg.report.clone(),
+            rerun: cfg.rerun.clone(),
+            jpeg_quality: cfg.jpeg_quality,
+            progress: cfg.progress,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }

@@ -13,6 +13,7 @@ pub mod nn;
 pub mod progress;
 pub mod rain;
 pub mod synth;
+pub mod train;
 #[cfg(feature = "video")]
 pub mod video;
 pub mod viz;

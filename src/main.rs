@@ -14,7 +14,7 @@ use raincheck::viz::RerunTarget;
 #[command(
     name = "raincheck",
     version,
-    about = "Camera perception in rain: synthesize rain, build paired datasets, inspect them in Rerun"
+    about = "Camera perception in rain: synthesize rain, build paired datasets, train and run de-rainers, score them, inspect it all in Rerun"
 )]
 struct Cli {
     /// Only print errors (also hides progress bars).
@@ -51,16 +51,156 @@ enum Command {
     /// Files are paired by stem (0001.png ↔ 0001.jpg). The report folder gets report.json,
     /// per_image.csv, report.md and grid.png; stdout gets a summary table.
     Eval(EvalArgs),
+    /// Train models.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// De-rain an image, a folder of images or a video with a trained run or published weights.
+    ///
+    /// Outputs go to OUT keeping each input's file stem (STEM.png, or the video's container).
+    Derain(DerainArgs),
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Train a de-rainer (unet, prenet, vit) on a paired dataset made by `raincheck generate`.
+    ///
+    /// The run folder gets config.json + model.safetensors (best validation psnr_y),
+    /// train.json, state.json, log.jsonl and checkpoints/ (the last --keep-last, with
+    /// optimizer state); --resume continues exactly where it stopped.
+    Derain(TrainDerainArgs),
+}
+
+/// Model selection shared by `derain` and `eval --model`.
+#[derive(Args)]
+struct ModelArgs {
+    /// Architecture (needed for a weight file; checked against a run folder).
+    #[arg(long, value_parser = ["unet", "prenet", "vit"])]
+    arch: Option<String>,
+    /// Preset of the architecture, for a weight file (default: prenet paper, others base).
+    #[arg(long)]
+    preset: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Process frames in tiles of this many pixels (bounded memory; default 256 for vit, whole
+    /// frames otherwise; 0 = whole frames).
+    #[arg(long, value_name = "PIXELS")]
+    tile: Option<usize>,
+    /// Overlap of neighbouring tiles, blended smoothly.
+    #[arg(long, default_value_t = 32, value_name = "PIXELS")]
+    overlap: usize,
+}
+
+impl ModelArgs {
+    fn tiling(&self, arch: Option<&str>) -> Option<raincheck::derain::Tiling> {
+        let size = self
+            .tile
+            .unwrap_or(if arch == Some("vit") { 256 } else { 0 });
+        (size > 0).then_some(raincheck::derain::Tiling {
+            size,
+            overlap: self.overlap,
+        })
+    }
+}
+
+#[derive(Args)]
+struct DerainArgs {
+    /// A run folder (from `raincheck train derain`) or a weight file (.safetensors, or a
+    /// PyTorch .pth such as PReNet's released models, with --arch).
+    #[arg(long)]
+    model: PathBuf,
+    /// An image (PNG/JPEG), a folder of images, or a video file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder.
+    #[arg(long, short)]
+    out: PathBuf,
+    #[command(flatten)]
+    model_args: ModelArgs,
+}
+
+#[derive(Args)]
+struct TrainDerainArgs {
+    #[arg(long, value_parser = ["unet", "prenet", "vit"])]
+    arch: String,
+    /// unet: tiny, base; prenet: tiny, paper; vit: tiny, base.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Paired dataset (needs train and val splits).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run folder.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Steps of the learning-rate schedule (and of the run, unless --minutes ends it first).
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    /// Stop after this many minutes of training (the schedule still spans --steps).
+    #[arg(long)]
+    minutes: Option<f64>,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Side of the random square crops.
+    #[arg(long, default_value_t = 96)]
+    crop: u32,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 50)]
+    warmup: u64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Weight λ of the (1 − SSIM) term added to the L1 loss.
+    #[arg(long, default_value_t = 0.0)]
+    ssim_weight: f64,
+    /// Validate and checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    val_every: u64,
+    /// Validate on at most N pairs of the val split (0: all).
+    #[arg(long, default_value_t = 16)]
+    val_limit: usize,
+    /// Checkpoints to keep (the best model is kept apart).
+    #[arg(long, default_value_t = 2)]
+    keep_last: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue the run in --out (same options; --steps may grow).
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Tile size for validating vit on large frames (0: whole frames).
+    #[arg(long, default_value_t = 256)]
+    tile: usize,
+    #[command(flatten)]
+    rerun: RerunArgs,
 }
 
 #[derive(Args)]
 struct EvalArgs {
     /// Folder of de-rained outputs (any tool's).
-    #[arg(long)]
-    pred: PathBuf,
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pred: Option<PathBuf>,
     /// Folder of clean targets.
-    #[arg(long)]
-    target: PathBuf,
+    #[arg(long, required_unless_present = "model")]
+    target: Option<PathBuf>,
+    /// Instead of --pred/--target: run this de-rainer (run folder or weight file) over a
+    /// dataset split and score it; its outputs go to REPORT/outputs/.
+    #[arg(long, requires = "data")]
+    model: Option<PathBuf>,
+    /// The dataset for --model.
+    #[arg(long, requires = "model")]
+    data: Option<PathBuf>,
+    /// The split for --model.
+    #[arg(long, default_value = "test")]
+    split: Split,
+    #[command(flatten)]
+    model_args: ModelArgs,
     /// Folder of rainy inputs: adds input scores and the quality gain.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -243,6 +383,26 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     UsageError(e.to_string()).into()
 }
 
+/// The architecture named by a run folder's config.json, if `path` is one.
+fn run_arch(path: &std::path::Path) -> Option<String> {
+    raincheck::derain::RunConfig::read(path)
+        .ok()
+        .map(|c| c.model.arch().to_string())
+}
+
+fn device(name: &str) -> anyhow::Result<candle_core::Device> {
+    raincheck::derain::device_from_name(name).map_err(derain_err)
+}
+
+/// Usage mistakes (bad names, missing --arch) exit with 2; the rest with 1.
+fn derain_err(e: raincheck::derain::DerainError) -> anyhow::Error {
+    use raincheck::derain::DerainError as E;
+    match e {
+        E::Usage(_) | E::UnknownArch(_) | E::UnknownPreset { .. } => usage(e),
+        e => e.into(),
+    }
+}
+
 fn rain_params(preset: Preset, set: &[String]) -> anyhow::Result<RainParams> {
     let mut params = RainParams::preset(preset);
     for s in set {
@@ -373,18 +533,94 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_json(&ds.info)?;
         }
         Command::Eval(a) => {
-            let cfg = raincheck::eval::EvalConfig {
-                pred: a.pred,
-                target: a.target,
+            let report = if let (Some(model), Some(data)) = (&a.model, &a.data) {
+                let arch = a.model_args.arch.clone().or_else(|| run_arch(model));
+                raincheck::eval::run_model(&raincheck::eval::ModelEvalConfig {
+                    model: model.clone(),
+                    arch: a.model_args.arch.clone(),
+                    preset: a.model_args.preset.clone(),
+                    data: data.clone(),
+                    split: a.split,
+                    report: a.report.clone(),
+                    device: device(&a.model_args.device)?,
+                    tiling: a.model_args.tiling(arch.as_deref()),
+                    rerun: a.rerun.target(),
+                    jpeg_quality: a.rerun.rerun_jpeg_quality,
+                    progress,
+                })?
+            } else {
+                let (Some(pred), Some(target)) = (a.pred, a.target) else {
+                    return Err(usage("give --pred and --target, or --model and --data"));
+                };
+                raincheck::eval::run(&raincheck::eval::EvalConfig {
+                    pred,
+                    target,
+                    input: a.input,
+                    report: a.report.clone(),
+                    rerun: a.rerun.target(),
+                    jpeg_quality: a.rerun.rerun_jpeg_quality,
+                    progress,
+                })?
+            };
+            println!("{}", raincheck::eval::summary_table(&report));
+            println!("report: {}", a.report.display());
+        }
+        Command::Derain(a) => {
+            let arch = a.model_args.arch.clone().or_else(|| run_arch(&a.model));
+            let job = raincheck::derain::apply::DerainJob {
+                model: a.model.clone(),
+                arch: a.model_args.arch.clone(),
+                preset: a.model_args.preset.clone(),
                 input: a.input,
-                report: a.report,
-                rerun: a.rerun.target(),
-                jpeg_quality: a.rerun.rerun_jpeg_quality,
+                out: a.out,
+                device: device(&a.model_args.device)?,
+                tiling: a.model_args.tiling(arch.as_deref()),
                 progress,
             };
-            let report = raincheck::eval::run(&cfg)?;
-            println!("{}", raincheck::eval::summary_table(&report));
-            println!("report: {}", cfg.report.display());
+            let s = raincheck::derain::apply::run(&job).map_err(derain_err)?;
+            for o in &s.outputs {
+                println!("{}", o.display());
+            }
+            tracing::info!(
+                "{} frames, {:.1} ms per frame in the model",
+                s.frames,
+                s.ms_per_frame
+            );
+        }
+        Command::Train(TrainCommand::Derain(a)) => {
+            let mut options = raincheck::train::TrainOptions::new(&a.arch, &a.preset, &a.data);
+            options.steps = a.steps;
+            options.batch = a.batch;
+            options.crop = a.crop;
+            options.lr = a.lr;
+            options.weight_decay = a.weight_decay;
+            options.warmup = a.warmup;
+            options.clip = a.clip;
+            options.ssim_weight = a.ssim_weight;
+            options.val_every = a.val_every;
+            options.val_limit = a.val_limit;
+            options.keep_last = a.keep_last;
+            options.seed = a.seed;
+            let run = raincheck::train::TrainRun {
+                out: a.out.clone(),
+                options,
+                resume: a.resume,
+                minutes: a.minutes,
+                device: device(&a.device)?,
+                workers: 2,
+                progress,
+                rerun: a.rerun.target(),
+                tiling: (a.arch == "vit" && a.tile > 0).then_some(raincheck::derain::Tiling {
+                    size: a.tile,
+                    overlap: 32.min(a.tile / 2),
+                }),
+            };
+            let s = raincheck::train::train(&run).map_err(|e| match e {
+                raincheck::train::TrainError::Usage(m) => usage(m),
+                raincheck::train::TrainError::Model(e) => derain_err(e),
+                e => e.into(),
+            })?;
+            print_json(&s)?;
         }
         Command::Inspect(a) => {
             let target = a.rerun.target().ok_or_else(|| {

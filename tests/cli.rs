@@ -937,3 +937,303 @@ fn eval_bad_inputs_get_clear_errors() {
         "no report from a failed run"
     );
 }
+
+/// A paired dataset of the 10 bundled stills at 160x90 with val and test splits.
+fn small_dataset(t: &Path) -> PathBuf {
+    let clear = small_frames(t, 10);
+    let ds = t.join("ds");
+    generate_ok(&clear, &ds, &["--seed", "1", "--split", "0.5,0.25,0.25"]);
+    ds
+}
+
+fn train_args<'a>(ds: &'a Path, out: &'a Path, arch: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "derain",
+        "--arch",
+        arch,
+        "--data",
+        s(ds),
+        "--out",
+        s(out),
+        "--steps",
+        steps,
+        "--crop",
+        "64",
+        "--batch",
+        "4",
+        "--warmup",
+        "5",
+    ]
+}
+
+#[test]
+fn train_derain_improves_held_out_images_and_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let ds = small_dataset(t.path());
+    let run = t.path().join("unet");
+    let mut args = train_args(&ds, &run, "unet", "80");
+    args.extend_from_slice(&["--val-every", "40", "--lr", "3e-3"]);
+    let summary: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let best = &summary["best"];
+    let (psnr, input) = (
+        best["psnr_y"].as_f64().unwrap(),
+        best["input_psnr_y"].as_f64().unwrap(),
+    );
+    assert!(
+        psnr > input + 0.5,
+        "val psnr_y {psnr} vs rainy input {input}"
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "train.json",
+        "state.json",
+        "log.jsonl",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(
+        names_containing(&run.join("checkpoints"), ".safetensors").len(),
+        4
+    );
+    assert!(names_containing(&run, ".tmp").is_empty());
+
+    // The held-out test split: the trained model beats its rainy input.
+    let report = t.path().join("report");
+    let out = ok(&[
+        "eval",
+        "--model",
+        s(&run),
+        "--data",
+        s(&ds),
+        "--split",
+        "test",
+        "--report",
+        s(&report),
+    ]);
+    assert!(out.contains("psnr_y"), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let mean = |side: &str| r["summary"][side]["psnr_y"]["mean"].as_f64().unwrap();
+    assert!(
+        mean("output") > mean("input") + 0.3,
+        "test: {} vs {}",
+        mean("output"),
+        mean("input")
+    );
+    assert!(r["count"].as_u64().unwrap() >= 1);
+    assert!(!names_containing(&report.join("outputs"), ".png").is_empty());
+    assert!(
+        names_containing(&report, ".pairs").is_empty(),
+        "work folder removed"
+    );
+
+    // Inference on a folder keeps the stems; a weight file needs --arch.
+    let derained = t.path().join("derained");
+    let listed = ok(&[
+        "derain",
+        "--model",
+        s(&run),
+        "--input",
+        s(&ds.join("rainy")),
+        "--out",
+        s(&derained),
+    ]);
+    assert_eq!(listed.lines().count(), 10);
+    assert_eq!(names_containing(&derained, ".png").len(), 10);
+    let weights = run.join("model.safetensors");
+    let err = fails(
+        &[
+            "derain",
+            "--model",
+            s(&weights),
+            "--input",
+            s(&ds.join("rainy")),
+            "--out",
+            s(&derained),
+        ],
+        2,
+    );
+    assert!(err.contains("--arch"), "{err}");
+    let one = std::fs::read_dir(ds.join("rainy"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    ok(&[
+        "derain",
+        "--model",
+        s(&weights),
+        "--arch",
+        "unet",
+        "--preset",
+        "tiny",
+        "--input",
+        s(&one),
+        "--out",
+        s(&derained),
+    ]);
+    // vit and prenet train too (a few steps: shapes, checkpoints, tiling in validation).
+    for arch in ["vit", "prenet"] {
+        let r = t.path().join(arch);
+        let mut args = train_args(&ds, &r, arch, "4");
+        args.extend_from_slice(&["--val-every", "2", "--tile", "64"]);
+        ok(&args);
+        assert!(r.join("model.safetensors").is_file(), "{arch}");
+    }
+    // An image smaller than vit's patch is named.
+    let small = t.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    image::RgbImage::new(4, 4)
+        .save(small.join("speck.png"))
+        .unwrap();
+    let err = fails(
+        &[
+            "derain",
+            "--model",
+            s(&t.path().join("vit")),
+            "--input",
+            s(&small),
+            "--out",
+            s(&derained),
+        ],
+        1,
+    );
+    assert!(err.contains("speck.png") && err.contains("patch"), "{err}");
+}
+
+#[test]
+fn train_resume_continues_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let ds = small_dataset(t.path());
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let mut args = train_args(&ds, &a, "unet", "6");
+    args.extend_from_slice(&["--val-every", "3"]);
+    ok(&args);
+    let mut args = train_args(&ds, &b, "unet", "3");
+    args.extend_from_slice(&["--val-every", "3"]);
+    ok(&args);
+    // Starting again into a run folder is refused; resuming continues it.
+    let err = fails(&args, 1);
+    assert!(err.contains("--resume"), "{err}");
+    let mut resume = train_args(&ds, &b, "unet", "6");
+    resume.extend_from_slice(&["--val-every", "3", "--resume"]);
+    ok(&resume);
+    let ckpt =
+        |run: &Path| std::fs::read(run.join("checkpoints/step-00000006.safetensors")).unwrap();
+    assert!(
+        ckpt(&a) == ckpt(&b),
+        "resumed weights differ from an uninterrupted run's"
+    );
+    let optim = |run: &Path| {
+        std::fs::read(run.join("checkpoints/step-00000006.optim.safetensors")).unwrap()
+    };
+    assert!(optim(&a) == optim(&b));
+}
+
+#[test]
+fn train_and_derain_bad_inputs_get_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 4);
+    let no_val = t.path().join("noval");
+    generate_ok(&clear, &no_val, &["--split", "1,0,0"]);
+    let run = t.path().join("run");
+    let err = fails(&train_args(&no_val, &run, "unet", "2"), 1);
+    assert!(err.contains("val") && err.contains("noval"), "{err}");
+    assert!(!run.join("state.json").exists());
+    let err = fails(
+        &train_args(&no_val, &run, "unet", "2")
+            .into_iter()
+            .chain(["--resume"])
+            .collect::<Vec<_>>(),
+        1,
+    );
+    assert!(err.contains("state.json"), "{err}");
+    let err = fails(
+        &[
+            "train",
+            "derain",
+            "--arch",
+            "unet",
+            "--preset",
+            "huge",
+            "--data",
+            s(&no_val),
+            "--out",
+            s(&run),
+        ],
+        2,
+    );
+    assert!(err.contains("huge") && err.contains("tiny"), "{err}");
+    let err = fails(&train_args(&t.path().join("missing"), &run, "unet", "2"), 1);
+    assert!(err.contains("missing"), "{err}");
+
+    // Corrupt and mismatched weights, images smaller than the patch.
+    let input = t.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    image::RgbImage::new(4, 4)
+        .save(input.join("tiny.png"))
+        .unwrap();
+    let bad = t.path().join("prenet.pth");
+    std::fs::write(&bad, b"\x80\x02garbage").unwrap();
+    let out = t.path().join("out");
+    let err = fails(
+        &[
+            "derain",
+            "--model",
+            s(&bad),
+            "--arch",
+            "prenet",
+            "--input",
+            s(&input),
+            "--out",
+            s(&out),
+        ],
+        1,
+    );
+    assert!(err.contains("prenet.pth"), "{err}");
+    let err = fails(
+        &[
+            "derain",
+            "--model",
+            s(&bad),
+            "--arch",
+            "prenet",
+            "--preset",
+            "large",
+            "--input",
+            s(&input),
+            "--out",
+            s(&out),
+        ],
+        2,
+    );
+    assert!(err.contains("large"), "{err}");
+    let err = fails(
+        &[
+            "derain",
+            "--model",
+            s(&bad),
+            "--arch",
+            "unet",
+            "--device",
+            "tpu",
+            "--input",
+            s(&input),
+            "--out",
+            s(&out),
+        ],
+        2,
+    );
+    assert!(err.contains("tpu"), "{err}");
+}

@@ -6,6 +6,7 @@
 //!
 //! Weight names are a file format: see each architecture's module.
 
+pub mod apply;
 pub mod prenet;
 pub mod unet;
 pub mod vit;
@@ -585,7 +586,7 @@ pub fn run_tiled(model: &Model, xs: &Tensor, tiling: Option<Tiling>) -> Result<T
     for &y0 in &tile_starts(h, t.size, t.overlap) {
         for &x0 in &tile_starts(w, t.size, t.overlap) {
             let (th, tw) = (t.size.min(h), t.size.min(w));
-            let tile = xs.narrow(2, y0, th)?.narrow(3, x0, tw)?;
+            let tile = xs.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
             let out: Vec<f32> = model
                 .forward(&tile)?
                 .to_device(&Device::Cpu)?

@@ -58,7 +58,7 @@ impl Config {
         if self.patch == 0 || self.dim == 0 || self.heads == 0 || self.grid == 0 {
             return Err("patch, dim, heads and grid must be at least 1".into());
         }
-        if self.dim % self.heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) {
             return Err(format!(
                 "dim {} is not a multiple of heads {}",
                 self.dim, self.heads

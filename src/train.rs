@@ -1,0 +1,686 @@
+//! `raincheck train derain`: trains a de-rainer on a paired dataset.
+//!
+//! L1 loss (optionally + λ·(1 − SSIM)), AdamW with decoupled weight decay, linear warm-up then
+//! cosine decay, global-norm gradient clipping, random crops and flips from the dataset reader,
+//! validation on the `val` split with the evaluation protocol's `psnr_y`/`ssim_y`.
+//!
+//! Run folder:
+//! - `config.json` (model) and `model.safetensors`: the best checkpoint by validation `psnr_y`;
+//! - `train.json`: the training options (a resumed run must use the same ones);
+//! - `state.json`: step, best score, checkpoints kept; written last, so a run killed at any
+//!   moment resumes from the last complete checkpoint;
+//! - `checkpoints/step-NNNNNNNN.safetensors` (+ `.optim.safetensors`: AdamW moments): the last
+//!   `keep_last`;
+//! - `log.jsonl`: one line per validation (loss, learning rate, scores, time).
+//!
+//! Batch `k` of the reader is a function of the seed and `k` alone, and step `k` consumes batch
+//! `k`, so `--resume` continues exactly as if the run had not stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{self, Dataset, PairReader, ReaderConfig, Split};
+use crate::derain::{self, DerainError, Loaded, ModelConfig, RunConfig, Tiling};
+use crate::image_io;
+use crate::metrics;
+use crate::viz::{Recorder, RerunTarget};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] DerainError),
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
+    #[error(transparent)]
+    Image(#[from] image_io::ImageIoError),
+    #[error(transparent)]
+    Viz(#[from] crate::viz::VizError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {why}", path.display())]
+    Run { path: PathBuf, why: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Training options (saved as `train.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub arch: String,
+    pub preset: String,
+    pub data: PathBuf,
+    /// Steps of the schedule (warm-up + cosine decay end here).
+    pub steps: u64,
+    pub batch: usize,
+    pub crop: u32,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup: u64,
+    /// Global gradient-norm limit (0: none).
+    pub clip: f64,
+    /// λ of the `λ·(1 − SSIM)` loss term (0: L1 only).
+    pub ssim_weight: f64,
+    /// Validate (and checkpoint) every this many steps.
+    pub val_every: u64,
+    /// Validate on at most this many `val` pairs (0: all).
+    pub val_limit: usize,
+    pub keep_last: usize,
+    pub seed: u64,
+}
+
+impl TrainOptions {
+    pub fn new(arch: &str, preset: &str, data: &Path) -> Self {
+        TrainOptions {
+            arch: arch.into(),
+            preset: preset.into(),
+            data: data.to_path_buf(),
+            steps: 2000,
+            batch: 4,
+            crop: 96,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            warmup: 50,
+            clip: 1.0,
+            ssim_weight: 0.0,
+            val_every: 100,
+            val_limit: 16,
+            keep_last: 2,
+            seed: 0,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |why: &str| Err(TrainError::Usage(why.into()));
+        if self.steps == 0 || self.batch == 0 || self.val_every == 0 {
+            return bad("--steps, --batch and --val-every must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr must be positive");
+        }
+        if self.keep_last == 0 {
+            return bad("--keep-last must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Learning rate at step `step` (1-based): linear warm-up, then cosine decay to 1% of `lr`.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step <= self.warmup {
+            return self.lr * step as f64 / self.warmup.max(1) as f64;
+        }
+        let span = (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+        let t = ((step - self.warmup) as f64 / span).min(1.0);
+        self.lr * (0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+    }
+}
+
+/// What a run does besides its options.
+pub struct TrainRun {
+    pub out: PathBuf,
+    pub options: TrainOptions,
+    pub resume: bool,
+    /// Stop after this much wall time (the schedule still spans `options.steps`).
+    pub minutes: Option<f64>,
+    pub device: Device,
+    pub workers: usize,
+    pub progress: bool,
+    pub rerun: Option<RerunTarget>,
+    /// Tiling for validation images (ViT on large frames).
+    pub tiling: Option<Tiling>,
+}
+
+/// `state.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: u64,
+    pub best_psnr_y: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Steps of the checkpoints on disk, oldest first.
+    pub checkpoints: Vec<u64>,
+    pub elapsed_s: f64,
+}
+
+/// One validation: mean scores over the validated pairs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Validation {
+    pub step: u64,
+    pub psnr_y: f64,
+    pub ssim_y: f64,
+    /// The rainy inputs' scores (the baseline to beat).
+    pub input_psnr_y: f64,
+    pub input_ssim_y: f64,
+    pub pairs: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct LogLine<'a> {
+    loss: f64,
+    lr: f64,
+    elapsed_s: f64,
+    #[serde(flatten)]
+    val: &'a Validation,
+}
+
+/// AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW`), its moments saved with
+/// each checkpoint so that a resumed run continues exactly.
+pub struct AdamW {
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    /// Updates done.
+    t: u64,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(AdamW {
+            v: m.clone(),
+            m,
+            vars,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            t: 0,
+        })
+    }
+
+    /// One update with learning rate `lr`; gradients are scaled by `scale` first (clipping).
+    pub fn step(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        scale: f64,
+    ) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(self.t as i32);
+        let c2 = 1.0 - b2.powi(self.t as i32);
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = (g * scale)?;
+            let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
+            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.eps)?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * self.weight_decay))?;
+            var.set(&(decayed - (update * lr)?)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            out.insert(format!("m.{name}"), self.m[i].to_device(&Device::Cpu)?);
+            out.insert(format!("v.{name}"), self.v[i].to_device(&Device::Cpu)?);
+        }
+        out.insert("t".into(), Tensor::new(&[self.t as f64], &Device::Cpu)?);
+        Ok(out)
+    }
+
+    fn load_state(&mut self, mut t: HashMap<String, Tensor>, path: &Path) -> Result<()> {
+        let missing = |name: &str| TrainError::Run {
+            path: path.to_path_buf(),
+            why: format!("optimizer state lacks `{name}`"),
+        };
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let key = format!("{prefix}.{name}");
+                let x = t.remove(&key).ok_or_else(|| missing(&key))?;
+                if x.dims() != var.dims() {
+                    return Err(TrainError::Run {
+                        path: path.to_path_buf(),
+                        why: format!(
+                            "optimizer state `{key}` has shape {:?}, not {:?}",
+                            x.dims(),
+                            var.dims()
+                        ),
+                    });
+                }
+                *slot = x.to_dtype(DType::F32)?.to_device(var.device())?;
+            }
+        }
+        let steps = t.remove("t").ok_or_else(|| missing("t"))?;
+        self.t = steps.to_vec1::<f64>()?.first().copied().unwrap_or(0.0) as u64;
+        Ok(())
+    }
+}
+
+/// Global L2 norm of the gradients of `vars`.
+fn grad_norm(grads: &candle_core::backprop::GradStore, vars: &[(String, Var)]) -> Result<f64> {
+    let mut sum = 0f64;
+    for (_, v) in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sum += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    Ok(sum.sqrt())
+}
+
+/// Mean SSIM of `(b, 3, h, w)` images in [0, 1] (Gaussian 11x11, σ = 1.5, valid region), built
+/// from convolutions so that it has a backward pass.
+pub fn ssim_loss_term(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let g = metrics::gaussian_window().map(|v| v as f32);
+    let k: Vec<f32> = (0..121).map(|i| g[i / 11] * g[i % 11]).collect();
+    let win = Tensor::from_vec(k, (1, 1, 11, 11), x.device())?.repeat((3, 1, 1, 1))?;
+    let filt = |t: &Tensor| t.conv2d(&win, 0, 1, 1, 3);
+    let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
+    let (mx, my) = (filt(x)?, filt(y)?);
+    let (mxx, myy, mxy) = (mx.sqr()?, my.sqr()?, (&mx * &my)?);
+    let sxx = (filt(&x.sqr()?)? - &mxx)?;
+    let syy = (filt(&y.sqr()?)? - &myy)?;
+    let sxy = (filt(&(x * y)?)? - &mxy)?;
+    let num = (((mxy * 2.0)? + c1)? * ((sxy * 2.0)? + c2)?)?;
+    let den = (((mxx + myy)? + c1)? * ((sxx + syy)? + c2)?)?;
+    (num / den)?.mean_all()
+}
+
+/// Decoded training pairs are cached in memory below this size.
+const CACHE_LIMIT_BYTES: u64 = 2 << 30;
+
+fn train_bytes(ds: &Dataset) -> u64 {
+    ds.split(Split::Train)
+        .map(|r| 6 * r.width as u64 * r.height as u64)
+        .sum()
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("serialises");
+    image_io::write_atomic(path, text.as_bytes()).map_err(io_err(path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Run {
+        path: path.to_path_buf(),
+        why: format!("unreadable: {e}"),
+    })
+}
+
+fn checkpoint_paths(out: &Path, step: u64) -> (PathBuf, PathBuf) {
+    let dir = out.join("checkpoints");
+    (
+        dir.join(format!("step-{step:08}.safetensors")),
+        dir.join(format!("step-{step:08}.optim.safetensors")),
+    )
+}
+
+/// Validation pairs: the first `limit` of the `val` split (all when 0), decoded once.
+fn load_val(ds: &Dataset, limit: usize) -> Result<Vec<(image_io::RgbImage, image_io::RgbImage)>> {
+    let recs: Vec<_> = ds.split(Split::Val).collect();
+    if recs.is_empty() {
+        return Err(TrainError::Run {
+            path: ds.root.clone(),
+            why: "has no pairs in the `val` split: training needs one to pick the best checkpoint \
+                  (make the dataset with --split giving val a share)"
+                .into(),
+        });
+    }
+    let n = if limit == 0 {
+        recs.len()
+    } else {
+        limit.min(recs.len())
+    };
+    recs[..n]
+        .iter()
+        .map(|r| {
+            Ok((
+                image_io::load_rgb8(&ds.root.join(&r.rainy))?,
+                image_io::load_rgb8(&ds.root.join(&r.clean))?,
+            ))
+        })
+        .collect()
+}
+
+/// Scores the model on the validation pairs.
+pub fn validate(
+    m: &Loaded,
+    pairs: &[(image_io::RgbImage, image_io::RgbImage)],
+    device: &Device,
+    tiling: Option<Tiling>,
+    step: u64,
+) -> Result<(Validation, Option<image_io::RgbImage>)> {
+    let (mut p, mut s, mut ip, mut is) = (0.0, 0.0, 0.0, 0.0);
+    let mut first = None;
+    let mut finite = 0usize;
+    for (rainy, clean) in pairs {
+        let out = derain::derain_image(&m.model, rainy, device, tiling)?;
+        let (py, sy) =
+            metrics::score_y(&out, clean).map_err(|e| TrainError::Usage(e.to_string()))?;
+        let (iy, isy) =
+            metrics::score_y(rainy, clean).map_err(|e| TrainError::Usage(e.to_string()))?;
+        // Identical images have infinite PSNR: cap at 100 dB for the mean.
+        p += py.min(100.0);
+        ip += iy.min(100.0);
+        s += sy;
+        is += isy;
+        finite += 1;
+        if first.is_none() {
+            first = Some(out);
+        }
+    }
+    let n = finite.max(1) as f64;
+    Ok((
+        Validation {
+            step,
+            psnr_y: p / n,
+            ssim_y: s / n,
+            input_psnr_y: ip / n,
+            input_ssim_y: is / n,
+            pairs: finite,
+        },
+        first,
+    ))
+}
+
+/// Summary of a finished (or budget-stopped) run.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub steps_done: u64,
+    pub best: Option<Validation>,
+    pub last: Option<Validation>,
+    pub params: usize,
+    pub seconds: f64,
+}
+
+/// Trains (or resumes) a run.
+pub fn train(run: &TrainRun) -> Result<TrainSummary> {
+    let out = &run.out;
+    let state_path = out.join("state.json");
+    let opts_path = out.join("train.json");
+    let (opts, mut state) = if run.resume {
+        if !state_path.is_file() {
+            return Err(TrainError::Run {
+                path: out.clone(),
+                why: "has no state.json to resume from (start it without --resume)".into(),
+            });
+        }
+        let saved: TrainOptions = read_json(&opts_path)?;
+        let mut opts = saved.clone();
+        // Only the length of the run may change on resume.
+        opts.steps = run.options.steps.max(saved.steps);
+        (opts, read_json::<TrainState>(&state_path)?)
+    } else {
+        if state_path.exists() {
+            return Err(TrainError::Run {
+                path: out.clone(),
+                why: "already holds a training run: --resume it, or choose another --out".into(),
+            });
+        }
+        (run.options.clone(), TrainState::default())
+    };
+    opts.validate()?;
+    let config = ModelConfig::preset(&opts.arch, &opts.preset)?;
+    let min = config.min_side() as u32;
+    if opts.crop < min.max(16) {
+        return Err(TrainError::Usage(format!(
+            "--crop {} is too small for {} (at least {})",
+            opts.crop,
+            opts.arch,
+            min.max(16)
+        )));
+    }
+    let ds = Dataset::open(&opts.data)?;
+    let val = load_val(&ds, opts.val_limit)?;
+    if let Some((r, _)) = val
+        .iter()
+        .find(|(r, _)| r.width() < min || r.height() < min)
+    {
+        return Err(TrainError::Usage(format!(
+            "validation images of {}x{} are smaller than {}'s patch size {min}",
+            r.width(),
+            r.height(),
+            opts.arch
+        )));
+    }
+    let reader = PairReader::from_dataset(
+        &ds,
+        ReaderConfig {
+            split: Split::Train,
+            batch: opts.batch,
+            crop: Some((opts.crop, opts.crop)),
+            flips: true,
+            shuffle: true,
+            seed: opts.seed,
+            workers: run.workers.max(1),
+            prefetch: 2,
+            // Decoding dominates small steps: keep decoded pairs when they fit comfortably.
+            cache: train_bytes(&ds) < CACHE_LIMIT_BYTES,
+        },
+    )?;
+    std::fs::create_dir_all(out.join("checkpoints")).map_err(io_err(out))?;
+
+    let device = &run.device;
+    let m = derain::build(&config, opts.seed, device)?;
+    let mut optim = AdamW::new(m.params.vars(), opts.weight_decay)?;
+    if run.resume {
+        if let Some(&last) = state.checkpoints.last() {
+            let (wp, op) = checkpoint_paths(out, last);
+            m.params.load_strict(derain::read_weights(&wp)?, &wp)?;
+            optim.load_state(derain::read_weights(&op)?, &op)?;
+        }
+    } else {
+        RunConfig::new(&opts.preset, config.clone()).write(out)?;
+        write_json(&opts_path, &opts)?;
+    }
+
+    let rec = match &run.rerun {
+        Some(t) => Some(Recorder::new("raincheck train", t, 85)?),
+        None => None,
+    };
+    let started = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let deadline = run.minutes.map(|m| m * 60.0);
+    let pb = crate::progress::bar(opts.steps, "train", run.progress);
+    pb.set_position(state.step);
+    let mut batches = reader.iter_from(state.step);
+    let mut last_val: Option<Validation> = None;
+    let mut best_val: Option<Validation> = None;
+    let mut loss_acc = (0.0f64, 0u64);
+    let first_step = state.step + 1;
+    tracing::info!(
+        "training {} {} ({} parameters) on {} from step {first_step} to {}",
+        opts.arch,
+        opts.preset,
+        m.params.count(),
+        opts.data.display(),
+        opts.steps
+    );
+    let mut step = state.step;
+    while step < opts.steps {
+        if deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
+            tracing::info!("time budget reached at step {step}");
+            break;
+        }
+        step += 1;
+        let batch = batches.next().expect("endless iterator")?;
+        let rainy = batch.rainy.to_device(device)?;
+        let clean = batch.clean.to_device(device)?;
+        let pred = m.model.forward(&rainy)?;
+        let mut loss = (&pred - &clean)?.abs()?.mean_all()?;
+        if opts.ssim_weight > 0.0 {
+            let s = ssim_loss_term(&pred, &clean)?;
+            loss = (loss + ((1.0 - s)? * opts.ssim_weight)?)?;
+        }
+        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_v.is_finite() {
+            return Err(TrainError::Run {
+                path: out.clone(),
+                why: format!("the loss became {loss_v} at step {step}: lower --lr"),
+            });
+        }
+        let grads = loss.backward()?;
+        let norm = grad_norm(&grads, &optim.vars)?;
+        let scale = if opts.clip > 0.0 && norm > opts.clip {
+            opts.clip / norm
+        } else {
+            1.0
+        };
+        let lr = opts.lr_at(step);
+        optim.step(&grads, lr, scale)?;
+        loss_acc.0 += loss_v;
+        loss_acc.1 += 1;
+        pb.set_position(step);
+        pb.set_message(format!("loss {loss_v:.4}"));
+        if let Some(r) = &rec {
+            r.set_sequence("step", step as i64);
+            r.scalar("train/loss", loss_v)?;
+            r.scalar("train/lr", lr)?;
+        }
+        if step % opts.val_every == 0 || step == opts.steps {
+            let v = checkpoint(
+                run,
+                &opts,
+                &m,
+                &optim,
+                &val,
+                &mut state,
+                step,
+                &loss_acc,
+                elapsed_before + started.elapsed().as_secs_f64(),
+                rec.as_ref(),
+            )?;
+            loss_acc = (0.0, 0);
+            if state.best_step == Some(step) {
+                best_val = Some(v.clone());
+            }
+            last_val = Some(v);
+        }
+    }
+    // A budget stop between validations still leaves a scored checkpoint.
+    if state.step < step {
+        let v = checkpoint(
+            run,
+            &opts,
+            &m,
+            &optim,
+            &val,
+            &mut state,
+            step,
+            &loss_acc,
+            elapsed_before + started.elapsed().as_secs_f64(),
+            rec.as_ref(),
+        )?;
+        if state.best_step == Some(step) {
+            best_val = Some(v.clone());
+        }
+        last_val = Some(v);
+    }
+    pb.finish_and_clear();
+    if let Some(r) = rec {
+        r.finish()?;
+    }
+    Ok(TrainSummary {
+        steps_done: step + 1 - first_step,
+        best: best_val,
+        last: last_val,
+        params: m.params.count(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Validates, writes the checkpoint (+ best model), prunes old checkpoints, then `state.json`.
+#[allow(clippy::too_many_arguments)]
+fn checkpoint(
+    run: &TrainRun,
+    opts: &TrainOptions,
+    m: &Loaded,
+    optim: &AdamW,
+    val: &[(image_io::RgbImage, image_io::RgbImage)],
+    state: &mut TrainState,
+    step: u64,
+    loss_acc: &(f64, u64),
+    elapsed_s: f64,
+    rec: Option<&Recorder>,
+) -> Result<Validation> {
+    let out = &run.out;
+    let (v, sample) = validate(m, val, &run.device, run.tiling, step)?;
+    let (wp, op) = checkpoint_paths(out, step);
+    m.params.save(&wp)?;
+    derain::save_tensors(&optim.state()?, &op)?;
+    if state.best_psnr_y.is_none_or(|b| v.psnr_y > b) {
+        m.params.save(&out.join(derain::WEIGHTS_FILE))?;
+        state.best_psnr_y = Some(v.psnr_y);
+        state.best_step = Some(step);
+    }
+    state.checkpoints.retain(|&s| s != step);
+    state.checkpoints.push(step);
+    let drop_n = state.checkpoints.len().saturating_sub(opts.keep_last);
+    let dropped: Vec<u64> = state.checkpoints.drain(..drop_n).collect();
+    state.step = step;
+    state.elapsed_s = elapsed_s;
+    write_json(&out.join("state.json"), state)?;
+    // Only after the state no longer names them.
+    for s in dropped {
+        let (a, b) = checkpoint_paths(out, s);
+        let _ = std::fs::remove_file(a);
+        let _ = std::fs::remove_file(b);
+    }
+    let loss = if loss_acc.1 > 0 {
+        loss_acc.0 / loss_acc.1 as f64
+    } else {
+        f64::NAN
+    };
+    let line = LogLine {
+        loss,
+        lr: opts.lr_at(step),
+        elapsed_s,
+        val: &v,
+    };
+    let log = out.join("log.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.push_str(&serde_json::to_string(&line).expect("serialises"));
+    text.push('\n');
+    image_io::write_atomic(&log, text.as_bytes()).map_err(io_err(&log))?;
+    tracing::info!(
+        "step {step}: loss {loss:.4}, val psnr_y {:.2} dB (input {:.2}), ssim_y {:.4} (input {:.4})",
+        v.psnr_y,
+        v.input_psnr_y,
+        v.ssim_y,
+        v.input_ssim_y
+    );
+    if let Some(r) = rec {
+        r.set_sequence("step", step as i64);
+        r.scalar("val/psnr_y", v.psnr_y)?;
+        r.scalar("val/ssim_y", v.ssim_y)?;
+        r.scalar("val/input_psnr_y", v.input_psnr_y)?;
+        if let Some(img) = &sample {
+            r.image("val/derained", img)?;
+        }
+    }
+    Ok(v)
+}
