@@ -768,6 +768,36 @@ mod tests {
         assert!(err(load(&run, None, None, &Device::Cpu)).contains("config.json"));
     }
 
+    /// PReNet with random weights, saved by PyTorch as the authors' released models are
+    /// (`module.` names in a zip `.pth`), against the PyTorch twin's output
+    /// (eval/reference/prenet_reference.py).
+    #[test]
+    fn prenet_matches_its_pytorch_twin() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures/prenet");
+        let m = load(
+            &dir.join("prenet_paper.pth"),
+            Some("prenet"),
+            Some("paper"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(m.params.count(), 168_963);
+        let x = Tensor::read_npy(dir.join("input.npy")).unwrap();
+        let want = Tensor::read_npy(dir.join("output.npy")).unwrap();
+        let got = m.model.forward(&x).unwrap();
+        let err: f32 = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(err <= 1e-4, "max abs error {err}");
+        eprintln!("PReNet vs PyTorch: max abs error {err:e}");
+    }
+
     #[test]
     fn tiles_cover_the_frame_and_a_single_tile_is_exact() {
         assert_eq!(tile_starts(100, 100, 16), vec![0]);
