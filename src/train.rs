@@ -530,28 +530,23 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
         let batch = batches.next().expect("endless iterator")?;
         let rainy = batch.rainy.to_device(device)?;
         let clean = batch.clean.to_device(device)?;
-        let pred = m.model.forward(&rainy)?;
-        let mut loss = (&pred - &clean)?.abs()?.mean_all()?;
-        if opts.ssim_weight > 0.0 {
-            let s = ssim_loss_term(&pred, &clean)?;
-            loss = (loss + ((1.0 - s)? * opts.ssim_weight)?)?;
-        }
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss_v.is_finite() {
-            return Err(TrainError::Run {
-                path: out.clone(),
-                why: format!("the loss became {loss_v} at step {step}: lower --lr"),
-            });
-        }
-        let grads = loss.backward()?;
-        let norm = grad_norm(&grads, &optim.vars)?;
-        let scale = if opts.clip > 0.0 && norm > opts.clip {
-            opts.clip / norm
-        } else {
-            1.0
-        };
         let lr = opts.lr_at(step);
-        optim.step(&grads, lr, scale)?;
+        let loss_v = train_step(
+            &m,
+            &mut optim,
+            &rainy,
+            &clean,
+            opts.ssim_weight,
+            opts.clip,
+            lr,
+        )
+        .map_err(|e| match e {
+            TrainError::Run { why, .. } => TrainError::Run {
+                path: out.clone(),
+                why: format!("{why} at step {step}"),
+            },
+            e => e,
+        })?;
         loss_acc.0 += loss_v;
         loss_acc.1 += 1;
         pb.set_position(step);
@@ -611,6 +606,41 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
         params: m.params.count(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One optimisation step on a batch: forward, L1 (+ λ·(1 − SSIM)) loss, backward, clipping to a
+/// global gradient norm of `clip` (0: none), AdamW update with learning rate `lr`. Returns the loss.
+pub fn train_step(
+    m: &Loaded,
+    optim: &mut AdamW,
+    rainy: &Tensor,
+    clean: &Tensor,
+    ssim_weight: f64,
+    clip: f64,
+    lr: f64,
+) -> Result<f64> {
+    let pred = m.model.forward(rainy)?;
+    let mut loss = (&pred - clean)?.abs()?.mean_all()?;
+    if ssim_weight > 0.0 {
+        let s = ssim_loss_term(&pred, clean)?;
+        loss = (loss + ((1.0 - s)? * ssim_weight)?)?;
+    }
+    let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !loss_v.is_finite() {
+        return Err(TrainError::Run {
+            path: PathBuf::new(),
+            why: format!("the loss became {loss_v}: lower --lr"),
+        });
+    }
+    let grads = loss.backward()?;
+    let norm = grad_norm(&grads, &optim.vars)?;
+    let scale = if clip > 0.0 && norm > clip {
+        clip / norm
+    } else {
+        1.0
+    };
+    optim.step(&grads, lr, scale)?;
+    Ok(loss_v)
 }
 
 /// Validates, writes the checkpoint (+ best model), prunes old checkpoints, then `state.json`.

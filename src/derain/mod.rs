@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder, VarMap};
+use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +74,7 @@ pub(crate) fn conv(
     stride: usize,
     scale: f64,
     vb: VarBuilder,
-) -> candle_core::Result<Conv2d> {
+) -> candle_core::Result<crate::nn::Conv2d> {
     let weight = vb.get_with_hints(
         (cout, cin, k, k),
         "weight",
@@ -84,12 +84,8 @@ pub(crate) fn conv(
         },
     )?;
     let bias = vb.get_with_hints(cout, "bias", Init::Const(0.0))?;
-    let cfg = Conv2dConfig {
-        padding: if k == stride { 0 } else { k / 2 },
-        stride,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(weight, Some(bias), cfg))
+    let padding = if k == stride { 0 } else { k / 2 };
+    Ok(crate::nn::Conv2d::new(weight, Some(bias), stride, padding))
 }
 
 /// An architecture and its configuration: the registry of de-rainers.
@@ -773,8 +769,7 @@ mod tests {
     /// (eval/reference/prenet_reference.py).
     #[test]
     fn prenet_matches_its_pytorch_twin() {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures/prenet");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures/prenet");
         let m = load(
             &dir.join("prenet_paper.pth"),
             Some("prenet"),

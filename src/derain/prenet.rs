@@ -51,19 +51,19 @@ impl Config {
 }
 
 struct ResConv {
-    a: candle_nn::Conv2d,
-    b: candle_nn::Conv2d,
+    a: crate::nn::Conv2d,
+    b: crate::nn::Conv2d,
 }
 
 pub struct PReNet {
     cfg: Config,
-    conv0: candle_nn::Conv2d,
+    conv0: crate::nn::Conv2d,
     res: Vec<ResConv>,
-    conv_i: candle_nn::Conv2d,
-    conv_f: candle_nn::Conv2d,
-    conv_g: candle_nn::Conv2d,
-    conv_o: candle_nn::Conv2d,
-    conv: candle_nn::Conv2d,
+    conv_i: crate::nn::Conv2d,
+    conv_f: crate::nn::Conv2d,
+    conv_g: crate::nn::Conv2d,
+    conv_o: crate::nn::Conv2d,
+    conv: crate::nn::Conv2d,
 }
 
 impl PReNet {

@@ -60,8 +60,8 @@ impl Config {
 }
 
 struct ResBlock {
-    conv1: candle_nn::Conv2d,
-    conv2: candle_nn::Conv2d,
+    conv1: crate::nn::Conv2d,
+    conv2: crate::nn::Conv2d,
 }
 
 impl ResBlock {
@@ -80,15 +80,15 @@ impl ResBlock {
 struct Level {
     blocks: Vec<ResBlock>,
     /// Encoder: downsampling to the next level. Decoder: upsampling from the next level.
-    resample: Option<candle_nn::Conv2d>,
+    resample: Option<crate::nn::Conv2d>,
 }
 
 pub struct Unet {
     cfg: Config,
-    stem: candle_nn::Conv2d,
+    stem: crate::nn::Conv2d,
     enc: Vec<Level>,
     dec: Vec<Level>,
-    head: candle_nn::Conv2d,
+    head: crate::nn::Conv2d,
 }
 
 impl Unet {

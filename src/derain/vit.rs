@@ -136,12 +136,12 @@ impl Block {
 
 pub struct Vit {
     cfg: Config,
-    patch_embed: candle_nn::Conv2d,
+    patch_embed: crate::nn::Conv2d,
     pos_embed: Tensor,
     blocks: Vec<Block>,
     norm: Norm,
     head: Linear,
-    refine: candle_nn::Conv2d,
+    refine: crate::nn::Conv2d,
 }
 
 impl Vit {

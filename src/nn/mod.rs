@@ -7,6 +7,10 @@
 //! broadcasts), so gradients reach the inputs; tests check them against finite differences.
 //! Shapes: `(b, c, h, w)`.
 
+mod conv;
+
+pub use conv::Conv2d;
+
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Indices `-pad..n + pad` reflected into `0..n` without repeating the edge (PyTorch's
