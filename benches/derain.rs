@@ -8,6 +8,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use raincheck::derain::{self, ModelConfig, Tiling};
 use raincheck::train::{train_step, AdamW};
 
+// The allocator the `raincheck` binary uses (fresh multi-megabyte tensors from the system
+// allocator are page-faulted in on every call).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rand(shape: (usize, usize, usize, usize)) -> Tensor {
     Tensor::rand(0f32, 1f32, shape, &Device::Cpu).unwrap()
 }

@@ -23,3 +23,9 @@ python3 tools/bench_table.py rain "$peer_json" "$machine"
 cargo bench --bench metrics >&2
 peer_json=$(.venv/bin/python tools/bench_metrics_skimage.py target/bench-inputs/metrics_pred.png target/bench-inputs/metrics_target.png --reps 20)
 python3 tools/bench_table.py metrics "$peer_json" "$machine"
+
+# 3. De-rainers (criterion) and their PyTorch twins, all cores for both.
+.venv/bin/pip install -q torch numpy >&2
+cargo bench --bench derain >&2
+peer_json=$(.venv/bin/python tools/bench_derain_torch.py --reps 10)
+python3 tools/bench_table.py derain "$peer_json" "$machine"

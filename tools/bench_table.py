@@ -3,6 +3,7 @@
 
     tools/bench_table.py rain PEER_JSON MACHINE
     tools/bench_table.py metrics PEER_JSON MACHINE
+    tools/bench_table.py derain PEER_JSON MACHINE
 
 (tools/bench.sh runs the benchmarks and calls this.)
 """
@@ -37,7 +38,29 @@ def metrics(peer, machine):
     yield f"all four metrics, one 1280x720 pair, 1 thread | criterion `{g}/all_four/1_thread` | {machine} | {median_ms(g, 'all_four_1_thread'):.2f} ms | |"
 
 
+def derain(peer, machine):
+    g = "derain"
+    torch = peer["peer"]
+    rows = [
+        ("unet tiny, de-rain one 960x540 frame", "unet_tiny/infer_960x540", "unet_tiny_infer_960x540_ms"),
+        ("unet tiny, training step (batch 8, 128x128, AdamW)", "unet_tiny/train_step_b8_128", "unet_tiny_train_step_b8_128_ms"),
+        ("vit tiny, de-rain one 960x540 frame (256-px tiles)", "vit_tiny/infer_960x540", "vit_tiny_infer_960x540_ms"),
+        ("vit tiny, training step (batch 8, 128x128, AdamW)", "vit_tiny/train_step_b8_128", "vit_tiny_train_step_b8_128_ms"),
+        ("6 conv3x3 32ch, batch 4, 128x128, forward", "conv6_32ch_b4_128/raincheck_fwd", "conv6_fwd_ms"),
+        ("6 conv3x3 32ch, batch 4, 128x128, forward + backward", "conv6_32ch_b4_128/raincheck_fwd_bwd", "conv6_fwd_bwd_ms"),
+    ]
+    for what, bench, key in rows:
+        ours = median_ms(g, bench.replace("/", "_"))
+        fps = f" ({1e3 / ours:.1f} frames/s)" if "frame" in what else ""
+        yield (f"{what}, all cores | criterion `{g}/{bench}` | {machine} | {ours:.1f} ms{fps} | "
+               f"{torch} twin: {peer[key]:.1f} ms | {peer[key] / ours:.2f}x")
+    old = median_ms(g, "conv6_32ch_b4_128_candle_fwd_bwd")
+    new = median_ms(g, "conv6_32ch_b4_128_raincheck_fwd_bwd")
+    yield (f"the same, candle 0.11's own conv2d (its backward uses conv_transpose2d) | criterion `{g}/conv6_32ch_b4_128/candle_fwd_bwd` | {machine} | "
+           f"{old:.1f} ms | raincheck's im2col conv: {new:.1f} ms | {old / new:.2f}x")
+
+
 if __name__ == "__main__":
     kind, peer, machine = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    for line in {"rain": rain, "metrics": metrics}[kind](peer, machine):
+    for line in {"rain": rain, "metrics": metrics, "derain": derain}[kind](peer, machine):
         print(f"| {line} |")

@@ -17,9 +17,9 @@ train() { # arch steps lr extra...
   local arch=$1 steps=$2 lr=$3; shift 3
   rm -rf "$runs/$arch-tiny" "out/baselines/$arch-tiny"
   "$rc" train derain --arch "$arch" --preset tiny --data "$ds" --out "$runs/$arch-tiny" \
-    --steps "$steps" --minutes "$minutes" --lr "$lr" --crop 128 --batch 8 --val-every 250 \
+    --steps "$steps" --minutes "$minutes" --lr "$lr" --crop 128 --batch 8 --val-every 500 \
     --val-limit 0 --seed 0 "$@"
   "$rc" eval --model "$runs/$arch-tiny" --data "$ds" --split test --report "out/baselines/$arch-tiny"
 }
-train unet 2500 2e-3
-train vit 2000 1e-3 --warmup 100
+train unet 9000 2e-3
+train vit 4000 1e-3 --warmup 100
