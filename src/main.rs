@@ -594,19 +594,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Train(TrainCommand::Derain(a)) => {
-            let mut options = raincheck::train::TrainOptions::new(&a.arch, &a.preset, &a.data);
-            options.steps = a.steps;
-            options.batch = a.batch;
-            options.crop = a.crop;
-            options.lr = a.lr;
-            options.weight_decay = a.weight_decay;
-            options.warmup = a.warmup;
-            options.clip = a.clip;
-            options.ssim_weight = a.ssim_weight;
-            options.val_every = a.val_every;
-            options.val_limit = a.val_limit;
-            options.keep_last = a.keep_last;
-            options.seed = a.seed;
+            let options = raincheck::train::TrainOptions {
+                arch: a.arch.clone(),
+                preset: a.preset,
+                data: a.data,
+                steps: a.steps,
+                batch: a.batch,
+                crop: a.crop,
+                lr: a.lr,
+                weight_decay: a.weight_decay,
+                warmup: a.warmup,
+                clip: a.clip,
+                ssim_weight: a.ssim_weight,
+                val_every: a.val_every,
+                val_limit: a.val_limit,
+                keep_last: a.keep_last,
+                seed: a.seed,
+            };
             let run = raincheck::train::TrainRun {
                 out: a.out.clone(),
                 options,

@@ -118,16 +118,8 @@ fn rain_video(job: &RainJob) -> Result<RainSummary> {
     use crate::video::{VideoReader, VideoSource, VideoWriter};
     let input = &job.input;
     let mut reader = VideoReader::open(&VideoSource::File(input.clone()))?;
-    let ext = match input
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-    {
-        Some(e) if e == "avi" || e == "mkv" => e,
-        _ => "mp4".to_string(),
-    };
+    let out = crate::video::output_path_for(input, &job.out)?;
     let stem = image_io::stem(input)?;
-    let out = job.out.join(format!("{stem}.{ext}"));
     let renderer = RainRenderer::new(
         &job.params,
         reader.width,

@@ -522,10 +522,6 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
     );
     let mut step = state.step;
     while step < opts.steps {
-        if deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
-            tracing::info!("time budget reached at step {step}");
-            break;
-        }
         step += 1;
         let batch = batches.next().expect("endless iterator")?;
         let rainy = batch.rainy.to_device(device)?;
@@ -556,7 +552,10 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
             r.scalar("train/loss", loss_v)?;
             r.scalar("train/lr", lr)?;
         }
-        if step % opts.val_every == 0 || step == opts.steps {
+        // A budget stop between validations still leaves a scored checkpoint.
+        let out_of_time = deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
+        if step % opts.val_every == 0 || step == opts.steps || out_of_time {
+            let elapsed = elapsed_before + started.elapsed().as_secs_f64();
             let v = checkpoint(
                 run,
                 &opts,
@@ -566,7 +565,7 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
                 &mut state,
                 step,
                 &loss_acc,
-                elapsed_before + started.elapsed().as_secs_f64(),
+                elapsed,
                 rec.as_ref(),
             )?;
             loss_acc = (0.0, 0);
@@ -575,25 +574,10 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
             }
             last_val = Some(v);
         }
-    }
-    // A budget stop between validations still leaves a scored checkpoint.
-    if state.step < step {
-        let v = checkpoint(
-            run,
-            &opts,
-            &m,
-            &optim,
-            &val,
-            &mut state,
-            step,
-            &loss_acc,
-            elapsed_before + started.elapsed().as_secs_f64(),
-            rec.as_ref(),
-        )?;
-        if state.best_step == Some(step) {
-            best_val = Some(v.clone());
+        if out_of_time {
+            tracing::info!("time budget reached at step {step}");
+            break;
         }
-        last_val = Some(v);
     }
     pb.finish_and_clear();
     if let Some(r) = rec {

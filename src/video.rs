@@ -65,6 +65,23 @@ pub fn is_video_path(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The file a video made from `input` goes to in `out_dir`: the input's stem, in the input's own
+/// container for `.avi` and `.mkv` (MJPG, FFV1), otherwise `.mp4`.
+pub fn output_path_for(
+    input: &Path,
+    out_dir: &Path,
+) -> std::result::Result<PathBuf, crate::image_io::ImageIoError> {
+    let ext = match input
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+    {
+        Some(e) if e == "avi" || e == "mkv" => e,
+        _ => "mp4".to_string(),
+    };
+    Ok(out_dir.join(format!("{}.{ext}", crate::image_io::stem(input)?)))
+}
+
 /// Where frames come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum VideoSource {

@@ -1187,53 +1187,23 @@ fn train_and_derain_bad_inputs_get_clear_errors() {
     let bad = t.path().join("prenet.pth");
     std::fs::write(&bad, b"\x80\x02garbage").unwrap();
     let out = t.path().join("out");
-    let err = fails(
-        &[
+    let derain_fails = |extra: &[&str], code: i32| {
+        let mut args = vec![
             "derain",
             "--model",
             s(&bad),
-            "--arch",
-            "prenet",
             "--input",
             s(&input),
             "--out",
             s(&out),
-        ],
-        1,
-    );
+        ];
+        args.extend_from_slice(extra);
+        fails(&args, code)
+    };
+    let err = derain_fails(&["--arch", "prenet"], 1);
     assert!(err.contains("prenet.pth"), "{err}");
-    let err = fails(
-        &[
-            "derain",
-            "--model",
-            s(&bad),
-            "--arch",
-            "prenet",
-            "--preset",
-            "large",
-            "--input",
-            s(&input),
-            "--out",
-            s(&out),
-        ],
-        2,
-    );
+    let err = derain_fails(&["--arch", "prenet", "--preset", "large"], 2);
     assert!(err.contains("large"), "{err}");
-    let err = fails(
-        &[
-            "derain",
-            "--model",
-            s(&bad),
-            "--arch",
-            "unet",
-            "--device",
-            "tpu",
-            "--input",
-            s(&input),
-            "--out",
-            s(&out),
-        ],
-        2,
-    );
+    let err = derain_fails(&["--arch", "unet", "--device", "tpu"], 2);
     assert!(err.contains("tpu"), "{err}");
 }

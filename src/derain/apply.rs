@@ -115,16 +115,7 @@ fn derain_video(job: &DerainJob, m: &Loaded) -> Result<DerainSummary> {
     let input = &job.input;
     let verr = |e: crate::video::VideoError| path_err(input, e.to_string());
     let mut reader = VideoReader::open(&VideoSource::File(input.clone())).map_err(verr)?;
-    let ext = match input
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-    {
-        Some(e) if e == "avi" || e == "mkv" => e,
-        _ => "mp4".to_string(),
-    };
-    let stem = image_io::stem(input)?;
-    let out = job.out.join(format!("{stem}.{ext}"));
+    let out = crate::video::output_path_for(input, &job.out)?;
     let mut writer =
         VideoWriter::create(&out, reader.fps, reader.width, reader.height).map_err(verr)?;
     let pb = crate::progress::bar(reader.frame_count, "de-raining", job.progress);

@@ -626,6 +626,7 @@ pub fn derain_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::max_abs_diff as d;
 
     fn tiny(arch: &str) -> ModelConfig {
         ModelConfig::preset(arch, "tiny").unwrap()
@@ -676,16 +677,6 @@ mod tests {
                 assert_eq!(ya.dims(), &[1, 3, h, w], "{arch} {h}x{w}");
                 let yb = b.model.forward(&x).unwrap();
                 let yc = c.model.forward(&x).unwrap();
-                let d = |p: &Tensor, q: &Tensor| -> f32 {
-                    (p - q)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar()
-                        .unwrap()
-                };
                 assert_eq!(d(&ya, &yb), 0.0, "{arch}: same seed, same model");
                 assert!(d(&ya, &yc) > 0.0, "{arch}: another seed, another model");
             }
@@ -704,15 +695,13 @@ mod tests {
         m.params.save(&run.join(WEIGHTS_FILE)).unwrap();
         let back = load(&run, None, None, &Device::Cpu).unwrap();
         let x = input(1, 16, 16);
-        let d: f32 = (m.model.forward(&x).unwrap() - back.model.forward(&x).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(d, 0.0);
+        assert_eq!(
+            d(
+                &m.model.forward(&x).unwrap(),
+                &back.model.forward(&x).unwrap()
+            ),
+            0.0
+        );
         let err = |r: Result<Loaded>| r.err().expect("must fail").to_string();
 
         // Another architecture's weights: the missing tensor is named.
@@ -781,14 +770,7 @@ mod tests {
         let x = Tensor::read_npy(dir.join("input.npy")).unwrap();
         let want = Tensor::read_npy(dir.join("output.npy")).unwrap();
         let got = m.model.forward(&x).unwrap();
-        let err: f32 = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let err = d(&got, &want);
         assert!(err <= 1e-4, "max abs error {err}");
         eprintln!("PReNet vs PyTorch: max abs error {err:e}");
     }
@@ -813,16 +795,6 @@ mod tests {
             }),
         )
         .unwrap();
-        let d = |p: &Tensor, q: &Tensor| -> f32 {
-            (p - q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
         assert_eq!(d(&whole, &one), 0.0);
         let tiled = run_tiled(
             &m.model,

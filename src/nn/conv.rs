@@ -242,16 +242,7 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::nn::max_abs_diff as max_diff;
 
     /// Forward and both gradients equal candle's own conv2d (reference) for paddings, strides,
     /// kernel sizes, batch sizes and odd image sizes.
