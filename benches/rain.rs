@@ -7,6 +7,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use raincheck::image_io;
 use raincheck::rain::{Preset, RainParams, RainRenderer};
 
+// The allocator of the `raincheck` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn frame() -> image_io::RgbImage {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("datasets/samples/frames/udacity_challange00101.jpg");

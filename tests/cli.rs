@@ -1139,6 +1139,47 @@ fn train_resume_continues_exactly() {
         std::fs::read(run.join("checkpoints/step-00000006.optim.safetensors")).unwrap()
     };
     assert!(optim(&a) == optim(&b));
+
+    // A real kill mid-run (SIGKILL, no chance to clean up), then --resume: the same weights as
+    // the uninterrupted run, and the recording of the resumed part is written.
+    let c = t.path().join("c");
+    let mut args = train_args(&ds, &c, "unet", "120");
+    args.extend_from_slice(&["--val-every", "3"]);
+    let mut child = exe().args(&args).spawn().unwrap();
+    let state = c.join("state.json");
+    let started = std::time::Instant::now();
+    while !state.exists() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let killed_at = st["step"].as_u64().unwrap();
+    assert!((3..120).contains(&killed_at), "killed mid-run: {st}");
+    let straight = t.path().join("straight");
+    let mut full = train_args(&ds, &straight, "unet", "120");
+    full.extend_from_slice(&["--val-every", "3"]);
+    ok(&full);
+    let rrd = t.path().join("train.rrd");
+    let mut resume = train_args(&ds, &c, "unet", "120");
+    resume.extend_from_slice(&["--val-every", "3", "--resume", "--save", s(&rrd)]);
+    ok(&resume);
+    let last =
+        |run: &Path| std::fs::read(run.join("checkpoints/step-00000120.safetensors")).unwrap();
+    assert!(
+        last(&straight) == last(&c),
+        "killed and resumed run differs from an uninterrupted one"
+    );
+    assert!(
+        names_containing(&c, ".tmp").is_empty()
+            && names_containing(&c.join("checkpoints"), ".tmp").is_empty()
+    );
+    let text = String::from_utf8_lossy(&std::fs::read(&rrd).unwrap()).into_owned();
+    for entity in ["train/loss", "train/lr", "val/psnr_y", "val/derained"] {
+        assert!(text.contains(entity), "{entity} missing from the recording");
+    }
 }
 
 #[test]
