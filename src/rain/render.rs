@@ -106,8 +106,8 @@ pub struct RainRenderer {
     streaks: Vec<Streak>,
     drops: Vec<DropSlot>,
     gauss: [f32; GAUSS_LUT_LEN],
-    /// Whether the CPU runs the AVX2 build of the composition loop.
-    avx2: bool,
+    /// The composition loop built for this CPU (all builds give identical bytes).
+    compose: ComposeFn,
     /// Per output column: left low-res column and weight of the right one (upsampling).
     upsample: Vec<(u32, f32)>,
     /// Per-row geometry (depth prior, wet road, reflections): fixed for a renderer.
@@ -141,15 +141,22 @@ fn upsample_weights(w: usize) -> Vec<(u32, f32)> {
         .collect()
 }
 
-fn cpu_has_avx2() -> bool {
+/// The fastest composition build this CPU runs.
+fn compose_for_cpu() -> ComposeFn {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2")
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vbmi")
+        {
+            return compose_row_avx512;
+        }
+        if is_x86_feature_detected!("avx2") {
+            return compose_row_avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    compose_row_plain
 }
 
 fn normal(rng: &mut Pcg64Mcg) -> f32 {
@@ -216,7 +223,7 @@ impl RainRenderer {
             streaks,
             drops,
             gauss,
-            avx2: cpu_has_avx2(),
+            compose: compose_for_cpu(),
             upsample: upsample_weights(w),
             rows: RowModel::new(params, h, focal_px, horizon),
             horizon,
@@ -451,11 +458,7 @@ impl RainRenderer {
                 bucket.push(i as u32);
             }
         }
-        let compose: ComposeFn = if self.avx2 {
-            compose_row_avx2
-        } else {
-            compose_row_plain
-        };
+        let compose = self.compose;
         let dst_raw: &mut [u8] = dst;
         dst_raw
             .par_chunks_mut(BAND_ROWS * w * 3)
@@ -463,15 +466,20 @@ impl RainRenderer {
             .for_each(|(band, out)| {
                 let y0 = band * BAND_ROWS;
                 let n_rows = out.len() / (w * 3);
-                // Streak coverage, repeated per channel so that composition is a flat loop.
-                let mut cover = vec![0.0f32; n_rows * w * 3];
-                self.draw_streaks(&placed, &buckets[band], y0, n_rows, &mut cover);
+                // Streak coverage, one value per pixel, in this thread's buffer: all zeros
+                // between uses, because composition zeroes every value it reads.
+                COVER.with_borrow_mut(|buf| {
+                if buf.len() < n_rows * w {
+                    buf.resize(n_rows * w, 0.0);
+                }
+                let cover = &mut buf[..n_rows * w];
+                self.draw_streaks(&placed, &buckets[band], y0, n_rows, cover);
                 for r in 0..n_rows {
                     let y = y0 + r;
                     let wet = rows.wet[y];
                     let src_row = &src_raw[y * w * 3..(y + 1) * w * 3];
                     let out_row = &mut out[r * w * 3..(r + 1) * w * 3];
-                    let c_row = &cover[r * w * 3..(r + 1) * w * 3];
+                    let c_row = &mut cover[r * w..(r + 1) * w];
                     match depth {
                         None => {
                             let t = (-beta * rows.depth_m[y]).exp();
@@ -480,7 +488,7 @@ impl RainRenderer {
                                 t * wet * tone_b[c] + (1.0 - t) * airlight[c]
                             });
                             let m = mirror.for_row(y, t * rows.sheen[y]);
-                            // SAFETY: `compose_row_avx2` is chosen only when the CPU has AVX2.
+                            // SAFETY: `compose_for_cpu` picks builds the CPU supports.
                             unsafe { compose(src_row, out_row, c_row, m, a, b, streak_l) };
                         }
                         Some(d) => {
@@ -493,21 +501,25 @@ impl RainRenderer {
                                     p.veil.max_depth_m
                                 };
                                 let t = (-beta * dm).exp();
+                                let cover = c_row[x].min(1.0);
+                                c_row[x] = 0.0;
                                 for c in 0..3 {
                                     let i = 3 * x + c;
                                     let j = src_row[i] as f32;
-                                    let reflection =
-                                        m.map_or(0.0, |(u0, u1, m0, m1)| m0 * u0[i] + m1 * u1[i]);
+                                    let reflection = m.map_or(0.0, |(u0, u1, m0, m1)| {
+                                        m0 * u0[c * w + x] + m1 * u1[c * w + x]
+                                    });
                                     let mut v = t
                                         * (wet * (tone_a[c] * j + tone_b[c]) + reflection)
                                         + (1.0 - t) * airlight[c];
-                                    v += c_row[i].min(1.0) * (streak_l[c] - v);
+                                    v += cover * (streak_l[c] - v);
                                     out_row[i] = (v.clamp(0.0, 255.0) + 0.5) as u8;
                                 }
                             }
                         }
                     }
                 }
+                });
             });
 
         let drops = self.place_drops(frame);
@@ -536,7 +548,7 @@ impl RainRenderer {
     }
 
     /// Accumulates the coverage of the streaks `which` (indices into `placed`) for rows
-    /// `y0..y0 + n_rows` into `cover` (RGB-interleaved: the same value for each channel).
+    /// `y0..y0 + n_rows` into `cover` (one value per pixel).
     #[inline(never)]
     fn draw_streaks(
         &self,
@@ -582,7 +594,7 @@ impl RainRenderer {
                 if x_lo >= x_hi {
                     continue;
                 }
-                let row = &mut cover[(y - y0) * w * 3..(y - y0 + 1) * w * 3];
+                let row = &mut cover[(y - y0) * w..(y - y0 + 1) * w];
                 let ex0 = x_lo as f32 + 0.5 - s.tx;
                 let mut along = (ex0 * s.dx + ey * s.dy) * inv_len;
                 let mut perp = ex0 * s.dy - ey * s.dx;
@@ -597,11 +609,7 @@ impl RainRenderer {
                         };
                         // SAFETY: 0 <= q < q_max (checked above, NaN fails the check).
                         let qi = unsafe { q.to_int_unchecked::<u32>() } as usize;
-                        let v = s.alpha * self.gauss[qi] * ends;
-                        let px = &mut row[3 * x..3 * x + 3];
-                        px[0] += v;
-                        px[1] += v;
-                        px[2] += v;
+                        row[x] += s.alpha * self.gauss[qi] * ends;
                     }
                     along += d_along;
                     perp += d_perp;
@@ -646,15 +654,10 @@ impl RainRenderer {
             let x0 = xc as usize;
             let f = xc - x0 as f32;
             let v = a * ends;
-            let i = ((y - y0) * w + x0) * 3;
-            let px = &mut cover[i..i + 6];
-            let (v0, v1) = (v * (1.0 - f), v * f);
-            px[0] += v0;
-            px[1] += v0;
-            px[2] += v0;
-            px[3] += v1;
-            px[4] += v1;
-            px[5] += v1;
+            let i = (y - y0) * w + x0;
+            let px = &mut cover[i..i + 2];
+            px[0] += v * (1.0 - f);
+            px[1] += v * f;
         }
     }
 }
@@ -662,8 +665,8 @@ impl RainRenderer {
 /// Which blurred, full-width rows a mirrored output row blends, and with what weights.
 type MirrorBlend<'a> = Option<(&'a [f32], &'a [f32], f32, f32)>;
 
-/// The low-resolution rows above the horizon, upsampled to full width (RGB f32), for the wet
-/// road's reflection.
+/// The low-resolution rows above the horizon, upsampled to full width (planar RGB f32: a row is
+/// `width` reds, then greens, then blues), for the wet road's reflection.
 struct MirrorRows<'a> {
     /// `count` rows of `width * 3` values, for low-res rows `0..count`.
     rows: Vec<f32>,
@@ -712,79 +715,79 @@ impl<'a> MirrorRows<'a> {
     }
 }
 
+thread_local! {
+    /// Per-thread streak coverage of one band, all zeros between uses.
+    static COVER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One output value: `v += min(c, 1)·(L − v)`, clamped, rounded. `max`/`min` map NaN to 0, so the
+/// value is in [0.5, 255.5] and the unchecked conversion is sound (and, unlike a saturating
+/// `as`, vectorises).
+#[inline(always)]
+fn finish(v: f32, c: f32, l: f32) -> u8 {
+    let v = v + c * (l - v);
+    #[allow(clippy::manual_clamp)] // clamp would keep NaN, which the conversion cannot take
+    let v = v.max(0.0).min(255.0) + 0.5;
+    // SAFETY: `v` is finite and within i32's range (see above).
+    unsafe { v.to_int_unchecked::<i32>() as u8 }
+}
+
 /// `out = a·J + b (+ m0·U0 + m1·U1)`, then `out += min(cover, 1)·(L − out)`, over one row of
-/// interleaved RGB8 (`cover` repeated per channel), as a flat loop in 8-pixel blocks so that it
-/// vectorises.
+/// interleaved RGB8, with one coverage value per pixel (zeroed as it is read) and planar mirror
+/// rows. The reference for the vector builds: they do the same f32 operations in the same order
+/// (no FMA), so every build gives the same bytes.
 #[inline(always)]
 fn compose_row_kernel(
     src: &[u8],
     out: &mut [u8],
-    cover: &[f32],
+    cover: &mut [f32],
     mirror: MirrorBlend,
     a: [f32; 3],
     b: [f32; 3],
     l: [f32; 3],
 ) {
-    const BLOCK: usize = 24;
-    let pattern = |v: [f32; 3]| -> [f32; BLOCK] { std::array::from_fn(|i| v[i % 3]) };
-    let (pa, pb, pl) = (pattern(a), pattern(b), pattern(l));
-    let n = src.len();
-    let main = n - n % BLOCK;
-    let finish = |v: f32, c: f32, l: f32| {
-        let v = v + c.min(1.0) * (l - v);
-        // max/min map NaN to 0, so the value is in [0.5, 255.5]: the unchecked conversion is
-        // sound and, unlike a saturating `as`, vectorises.
-        #[allow(clippy::manual_clamp)] // clamp would keep NaN, which the conversion cannot take
-        let v = v.max(0.0).min(255.0) + 0.5;
-        // SAFETY: `v` is finite and within i32's range (see above).
-        unsafe { v.to_int_unchecked::<i32>() as u8 }
-    };
-    match mirror {
-        None => {
-            for ((s, o), c) in src[..main]
-                .chunks_exact(BLOCK)
-                .zip(out[..main].chunks_exact_mut(BLOCK))
-                .zip(cover[..main].chunks_exact(BLOCK))
-            {
-                for j in 0..BLOCK {
-                    o[j] = finish(pa[j] * s[j] as f32 + pb[j], c[j], pl[j]);
-                }
+    let w = cover.len();
+    compose_pixels(src, out, cover, mirror, a, b, l, 0..w, w);
+}
+
+/// [`compose_row_kernel`] over the pixels `xs` of a row of width `w`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn compose_pixels(
+    src: &[u8],
+    out: &mut [u8],
+    cover: &mut [f32],
+    mirror: MirrorBlend,
+    a: [f32; 3],
+    b: [f32; 3],
+    l: [f32; 3],
+    xs: std::ops::Range<usize>,
+    w: usize,
+) {
+    for x in xs {
+        let c = cover[x].min(1.0);
+        cover[x] = 0.0;
+        for k in 0..3 {
+            let mut v = a[k] * src[3 * x + k] as f32 + b[k];
+            if let Some((u0, u1, m0, m1)) = mirror {
+                v = v + (m0 * u0[k * w + x] + m1 * u1[k * w + x]);
             }
-            for i in main..n {
-                out[i] = finish(a[i % 3] * src[i] as f32 + b[i % 3], cover[i], l[i % 3]);
-            }
-        }
-        Some((u0, u1, m0, m1)) => {
-            for ((((s, o), c), r0), r1) in src[..main]
-                .chunks_exact(BLOCK)
-                .zip(out[..main].chunks_exact_mut(BLOCK))
-                .zip(cover[..main].chunks_exact(BLOCK))
-                .zip(u0[..main].chunks_exact(BLOCK))
-                .zip(u1[..main].chunks_exact(BLOCK))
-            {
-                for j in 0..BLOCK {
-                    let v = pa[j] * s[j] as f32 + pb[j] + (m0 * r0[j] + m1 * r1[j]);
-                    o[j] = finish(v, c[j], pl[j]);
-                }
-            }
-            for i in main..n {
-                let v = a[i % 3] * src[i] as f32 + b[i % 3] + (m0 * u0[i] + m1 * u1[i]);
-                out[i] = finish(v, cover[i], l[i % 3]);
-            }
+            out[3 * x + k] = finish(v, c, l[k]);
         }
     }
 }
 
-type ComposeFn = unsafe fn(&[u8], &mut [u8], &[f32], MirrorBlend, [f32; 3], [f32; 3], [f32; 3]);
+type ComposeFn =
+    unsafe fn(&[u8], &mut [u8], &mut [f32], MirrorBlend, [f32; 3], [f32; 3], [f32; 3]);
 
 /// The portable build of [`compose_row_kernel`].
 ///
 /// # Safety
-/// None beyond the signature's; `unsafe` only to share a type with the AVX2 build.
+/// None beyond the signature's; `unsafe` only to share a type with the vector builds.
 unsafe fn compose_row_plain(
     src: &[u8],
     out: &mut [u8],
-    cover: &[f32],
+    cover: &mut [f32],
     mirror: MirrorBlend,
     a: [f32; 3],
     b: [f32; 3],
@@ -793,8 +796,7 @@ unsafe fn compose_row_plain(
     compose_row_kernel(src, out, cover, mirror, a, b, l)
 }
 
-/// [`compose_row_kernel`] compiled for AVX2 (no FMA: results are bit-identical to the portable
-/// build, so output does not depend on the CPU).
+/// [`compose_row_kernel`] compiled for AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -802,13 +804,95 @@ unsafe fn compose_row_plain(
 unsafe fn compose_row_avx2(
     src: &[u8],
     out: &mut [u8],
-    cover: &[f32],
+    cover: &mut [f32],
     mirror: MirrorBlend,
     a: [f32; 3],
     b: [f32; 3],
     l: [f32; 3],
 ) {
     compose_row_kernel(src, out, cover, mirror, a, b, l)
+}
+
+/// [`compose_row_kernel`] 16 pixels at a time with AVX-512: one VBMI byte permutation splits 48
+/// interleaved bytes into R, G, B, another interleaves the results; the arithmetic is the
+/// reference's, operation for operation. The last `w % 16` pixels go through the reference.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VBMI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+unsafe fn compose_row_avx512(
+    src: &[u8],
+    out: &mut [u8],
+    cover: &mut [f32],
+    mirror: MirrorBlend,
+    a: [f32; 3],
+    b: [f32; 3],
+    l: [f32; 3],
+) {
+    use std::arch::x86_64::*;
+    let w = cover.len();
+    assert!(src.len() >= 3 * w && out.len() >= 3 * w);
+    if let Some((u0, u1, _, _)) = mirror {
+        assert!(u0.len() >= 3 * w && u1.len() >= 3 * w);
+    }
+    let blocks = w / 16;
+    let mut split = [0u8; 64];
+    let mut join = [0u8; 64];
+    for i in 0..48 {
+        split[i] = (i % 16 * 3 + i / 16) as u8;
+        join[i] = (i % 3 * 16 + i / 3) as u8;
+    }
+    // SAFETY: every load and store stays within the first `16 · blocks <= w` pixels of `src`,
+    // `out`, `cover` and the mirror rows (lengths asserted above).
+    unsafe {
+        let split = _mm512_loadu_si512(split.as_ptr().cast());
+        let join = _mm512_loadu_si512(join.as_ptr().cast());
+        let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
+        let (max, half) = (_mm512_set1_ps(255.0), _mm512_set1_ps(0.5));
+        let va = a.map(|v| _mm512_set1_ps(v));
+        let vb = b.map(|v| _mm512_set1_ps(v));
+        let vl = l.map(|v| _mm512_set1_ps(v));
+        for i in 0..blocks {
+            let px = 16 * i;
+            let bytes = _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, src.as_ptr().add(3 * px).cast());
+            let d = _mm512_permutexvar_epi8(split, bytes);
+            let chans = [
+                _mm512_castsi512_si128(d),
+                _mm512_extracti32x4_epi32::<1>(d),
+                _mm512_extracti32x4_epi32::<2>(d),
+            ];
+            let cp = cover.as_mut_ptr().add(px);
+            let c = _mm512_min_ps(_mm512_loadu_ps(cp), one);
+            _mm512_storeu_ps(cp, zero);
+            let mut res = [_mm_setzero_si128(); 3];
+            for k in 0..3 {
+                let s = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(chans[k]));
+                let mut v = _mm512_add_ps(_mm512_mul_ps(va[k], s), vb[k]);
+                if let Some((u0, u1, m0, m1)) = mirror {
+                    let r0 = _mm512_loadu_ps(u0.as_ptr().add(k * w + px));
+                    let r1 = _mm512_loadu_ps(u1.as_ptr().add(k * w + px));
+                    v = _mm512_add_ps(
+                        v,
+                        _mm512_add_ps(
+                            _mm512_mul_ps(_mm512_set1_ps(m0), r0),
+                            _mm512_mul_ps(_mm512_set1_ps(m1), r1),
+                        ),
+                    );
+                }
+                v = _mm512_add_ps(v, _mm512_mul_ps(c, _mm512_sub_ps(vl[k], v)));
+                v = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(v, zero), max), half);
+                res[k] = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
+            }
+            let all = _mm512_inserti32x4::<2>(
+                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(res[0]), res[1]),
+                res[2],
+            );
+            let packed = _mm512_permutexvar_epi8(join, all);
+            _mm512_mask_storeu_epi8(out.as_mut_ptr().add(3 * px).cast(), 0xFFFF_FFFF_FFFF, packed);
+        }
+    }
+    compose_pixels(src, out, cover, mirror, a, b, l, 16 * blocks..w, w);
 }
 
 /// Per-row geometry: ground-plane depth, wet-road factors and mirror rows.
@@ -929,17 +1013,18 @@ impl LowRes {
         (mean_of(0..self.h), mean_of(0..sky_rows))
     }
 
-    /// Low-res row `ly` linearly upsampled to full width into `out` (RGB), with the column
-    /// weights of [`upsample_weights`].
+    /// Low-res row `ly` linearly upsampled to full width into `out` (planar: `full_w` values per
+    /// channel), with the column weights of [`upsample_weights`].
     #[inline(never)]
     fn upsample_row(&self, ly: usize, weights: &[(u32, f32)], out: &mut [f32]) {
         let row = &self.data[ly * self.w * 3..(ly + 1) * self.w * 3];
         let last = self.w - 1;
-        for (px, &(x0, f)) in out.chunks_exact_mut(3).zip(weights) {
+        let w = self.full_w;
+        for (x, &(x0, f)) in weights.iter().enumerate().take(w) {
             let x0 = x0 as usize;
             let x1 = (x0 + 1).min(last);
             for c in 0..3 {
-                px[c] = row[3 * x0 + c] * (1.0 - f) + row[3 * x1 + c] * f;
+                out[c * w + x] = row[3 * x0 + c] * (1.0 - f) + row[3 * x1 + c] * f;
             }
         }
     }
