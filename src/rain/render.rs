@@ -1052,6 +1052,7 @@ impl LowRes {
 }
 
 /// Draws the rows `y0..y0 + n_rows` of one lens drop into `out` (RGB8 rows of width `w`).
+#[inline(never)]
 fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize, n_rows: usize) {
     // A drop on the glass is far out of focus at its rim: soften over ~12% of the radius.
     let edge = 0.12f32.max(1.5 / d.rx);
