@@ -469,56 +469,56 @@ impl RainRenderer {
                 // Streak coverage, one value per pixel, in this thread's buffer: all zeros
                 // between uses, because composition zeroes every value it reads.
                 COVER.with_borrow_mut(|buf| {
-                if buf.len() < n_rows * w {
-                    buf.resize(n_rows * w, 0.0);
-                }
-                let cover = &mut buf[..n_rows * w];
-                self.draw_streaks(&placed, &buckets[band], y0, n_rows, cover);
-                for r in 0..n_rows {
-                    let y = y0 + r;
-                    let wet = rows.wet[y];
-                    let src_row = &src_raw[y * w * 3..(y + 1) * w * 3];
-                    let out_row = &mut out[r * w * 3..(r + 1) * w * 3];
-                    let c_row = &mut cover[r * w..(r + 1) * w];
-                    match depth {
-                        None => {
-                            let t = (-beta * rows.depth_m[y]).exp();
-                            let a: [f32; 3] = std::array::from_fn(|c| t * wet * tone_a[c]);
-                            let b: [f32; 3] = std::array::from_fn(|c| {
-                                t * wet * tone_b[c] + (1.0 - t) * airlight[c]
-                            });
-                            let m = mirror.for_row(y, t * rows.sheen[y]);
-                            // SAFETY: `compose_for_cpu` picks builds the CPU supports.
-                            unsafe { compose(src_row, out_row, c_row, m, a, b, streak_l) };
-                        }
-                        Some(d) => {
-                            let d_row = &d.metres[y * w..(y + 1) * w];
-                            let m = mirror.for_row(y, rows.sheen[y]);
-                            for (x, &dm) in d_row.iter().enumerate() {
-                                let dm = if dm.is_finite() && dm > 0.0 {
-                                    dm
-                                } else {
-                                    p.veil.max_depth_m
-                                };
-                                let t = (-beta * dm).exp();
-                                let cover = c_row[x].min(1.0);
-                                c_row[x] = 0.0;
-                                for c in 0..3 {
-                                    let i = 3 * x + c;
-                                    let j = src_row[i] as f32;
-                                    let reflection = m.map_or(0.0, |(u0, u1, m0, m1)| {
-                                        m0 * u0[c * w + x] + m1 * u1[c * w + x]
-                                    });
-                                    let mut v = t
-                                        * (wet * (tone_a[c] * j + tone_b[c]) + reflection)
-                                        + (1.0 - t) * airlight[c];
-                                    v += cover * (streak_l[c] - v);
-                                    out_row[i] = (v.clamp(0.0, 255.0) + 0.5) as u8;
+                    if buf.len() < n_rows * w {
+                        buf.resize(n_rows * w, 0.0);
+                    }
+                    let cover = &mut buf[..n_rows * w];
+                    self.draw_streaks(&placed, &buckets[band], y0, n_rows, cover);
+                    for r in 0..n_rows {
+                        let y = y0 + r;
+                        let wet = rows.wet[y];
+                        let src_row = &src_raw[y * w * 3..(y + 1) * w * 3];
+                        let out_row = &mut out[r * w * 3..(r + 1) * w * 3];
+                        let c_row = &mut cover[r * w..(r + 1) * w];
+                        match depth {
+                            None => {
+                                let t = (-beta * rows.depth_m[y]).exp();
+                                let a: [f32; 3] = std::array::from_fn(|c| t * wet * tone_a[c]);
+                                let b: [f32; 3] = std::array::from_fn(|c| {
+                                    t * wet * tone_b[c] + (1.0 - t) * airlight[c]
+                                });
+                                let m = mirror.for_row(y, t * rows.sheen[y]);
+                                // SAFETY: `compose_for_cpu` picks builds the CPU supports.
+                                unsafe { compose(src_row, out_row, c_row, m, a, b, streak_l) };
+                            }
+                            Some(d) => {
+                                let d_row = &d.metres[y * w..(y + 1) * w];
+                                let m = mirror.for_row(y, rows.sheen[y]);
+                                for (x, &dm) in d_row.iter().enumerate() {
+                                    let dm = if dm.is_finite() && dm > 0.0 {
+                                        dm
+                                    } else {
+                                        p.veil.max_depth_m
+                                    };
+                                    let t = (-beta * dm).exp();
+                                    let cover = c_row[x].min(1.0);
+                                    c_row[x] = 0.0;
+                                    for c in 0..3 {
+                                        let i = 3 * x + c;
+                                        let j = src_row[i] as f32;
+                                        let reflection = m.map_or(0.0, |(u0, u1, m0, m1)| {
+                                            m0 * u0[c * w + x] + m1 * u1[c * w + x]
+                                        });
+                                        let mut v = t
+                                            * (wet * (tone_a[c] * j + tone_b[c]) + reflection)
+                                            + (1.0 - t) * airlight[c];
+                                        v += cover * (streak_l[c] - v);
+                                        out_row[i] = (v.clamp(0.0, 255.0) + 0.5) as u8;
+                                    }
                                 }
                             }
                         }
                     }
-                }
                 });
             });
 
@@ -598,7 +598,7 @@ impl RainRenderer {
                 let ex0 = x_lo as f32 + 0.5 - s.tx;
                 let mut along = (ex0 * s.dx + ey * s.dy) * inv_len;
                 let mut perp = ex0 * s.dy - ey * s.dx;
-                for x in x_lo..x_hi {
+                for cell in &mut row[x_lo..x_hi] {
                     let q = perp * perp * q_scale;
                     if q < q_max && along > -end && along < 1.0 + end {
                         let ends = if along >= end && along <= 1.0 - end {
@@ -609,7 +609,7 @@ impl RainRenderer {
                         };
                         // SAFETY: 0 <= q < q_max (checked above, NaN fails the check).
                         let qi = unsafe { q.to_int_unchecked::<u32>() } as usize;
-                        row[x] += s.alpha * self.gauss[qi] * ends;
+                        *cell += s.alpha * self.gauss[qi] * ends;
                     }
                     along += d_along;
                     perp += d_perp;
@@ -770,15 +770,14 @@ fn compose_pixels(
         for k in 0..3 {
             let mut v = a[k] * src[3 * x + k] as f32 + b[k];
             if let Some((u0, u1, m0, m1)) = mirror {
-                v = v + (m0 * u0[k * w + x] + m1 * u1[k * w + x]);
+                v += m0 * u0[k * w + x] + m1 * u1[k * w + x];
             }
             out[3 * x + k] = finish(v, c, l[k]);
         }
     }
 }
 
-type ComposeFn =
-    unsafe fn(&[u8], &mut [u8], &mut [f32], MirrorBlend, [f32; 3], [f32; 3], [f32; 3]);
+type ComposeFn = unsafe fn(&[u8], &mut [u8], &mut [f32], MirrorBlend, [f32; 3], [f32; 3], [f32; 3]);
 
 /// The portable build of [`compose_row_kernel`].
 ///
@@ -889,7 +888,11 @@ unsafe fn compose_row_avx512(
                 res[2],
             );
             let packed = _mm512_permutexvar_epi8(join, all);
-            _mm512_mask_storeu_epi8(out.as_mut_ptr().add(3 * px).cast(), 0xFFFF_FFFF_FFFF, packed);
+            _mm512_mask_storeu_epi8(
+                out.as_mut_ptr().add(3 * px).cast(),
+                0xFFFF_FFFF_FFFF,
+                packed,
+            );
         }
     }
     compose_pixels(src, out, cover, mirror, a, b, l, 16 * blocks..w, w);
@@ -1141,6 +1144,49 @@ fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize,
 mod tests {
     use super::*;
     use crate::rain::Preset;
+
+    /// Every composition build gives the reference's bytes and leaves the coverage zeroed, with
+    /// and without mirror rows, on a width that is not a multiple of the vector blocks.
+    #[test]
+    fn composition_builds_agree_byte_for_byte() {
+        let w = 37;
+        let mut rng = Pcg64Mcg::seed_from_u64(3);
+        let src: Vec<u8> = (0..3 * w).map(|_| rng.random()).collect();
+        let cover: Vec<f32> = (0..w)
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    rng.random::<f32>() * 1.5
+                }
+            })
+            .collect();
+        let u0: Vec<f32> = (0..3 * w).map(|_| rng.random::<f32>() * 255.0).collect();
+        let u1: Vec<f32> = (0..3 * w).map(|_| rng.random::<f32>() * 255.0).collect();
+        let (a, b, l) = ([0.8, 0.9, 1.1], [3.0, -2.0, 10.0], [200.0, 210.0, 230.0]);
+        let mut builds: Vec<ComposeFn> = vec![compose_row_plain, compose_for_cpu()];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            builds.push(compose_row_avx2);
+        }
+        for mirror in [None, Some((&u0[..], &u1[..], 0.3f32, 0.1f32))] {
+            let mut want = vec![0u8; 3 * w];
+            let mut c = cover.clone();
+            unsafe { compose_row_plain(&src, &mut want, &mut c, mirror, a, b, l) };
+            assert!(c.iter().all(|&v| v == 0.0));
+            for f in &builds {
+                let mut got = vec![0u8; 3 * w];
+                let mut c = cover.clone();
+                // SAFETY: `compose_for_cpu` and the feature check pick builds this CPU runs.
+                unsafe { f(&src, &mut got, &mut c, mirror, a, b, l) };
+                assert_eq!(got, want);
+                assert!(
+                    c.iter().all(|&v| v == 0.0),
+                    "coverage is zeroed as it is read"
+                );
+            }
+        }
+    }
 
     fn scene(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| {
