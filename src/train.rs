@@ -698,3 +698,76 @@ fn checkpoint(
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The differentiable SSIM of the loss is the protocol's SSIM (scale-free: [0, 1] with
+    /// C = (K·1)² equals 0–255 with C = (K·255)²), averaged over the channels, and has gradients.
+    #[test]
+    fn ssim_loss_term_is_the_protocols_ssim_and_differentiable() {
+        let a = image_io::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, ((x * y) % 255) as u8])
+        });
+        let b = image_io::RgbImage::from_fn(40, 30, |x, y| {
+            let p = a.get_pixel(x, y).0;
+            image::Rgb(p.map(|v| v.saturating_add(((x * 7 + y * 3) % 23) as u8)))
+        });
+        let want = (0..3)
+            .map(|c| {
+                metrics::ssim(
+                    &metrics::channel_plane(&a, c),
+                    &metrics::channel_plane(&b, c),
+                )
+            })
+            .sum::<f64>()
+            / 3.0;
+        let ta = candle_core::Var::from_tensor(
+            &image_io::rgb8_to_tensor(&a, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap();
+        let tb = image_io::rgb8_to_tensor(&b, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let s = ssim_loss_term(ta.as_tensor(), &tb).unwrap();
+        let got = s.to_scalar::<f32>().unwrap() as f64;
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        let same = ssim_loss_term(&tb, &tb)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((same - 1.0).abs() < 1e-5, "{same}");
+        let g = s.backward().unwrap();
+        let norm: f32 = g
+            .get(ta.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(norm > 0.0);
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_one_percent() {
+        let mut o = TrainOptions::new("unet", "tiny", Path::new("d"));
+        o.steps = 1000;
+        o.warmup = 100;
+        o.lr = 1e-3;
+        assert!((o.lr_at(50) - 5e-4).abs() < 1e-12);
+        assert!((o.lr_at(100) - 1e-3).abs() < 1e-12);
+        assert!(o.lr_at(550) < 1e-3 && o.lr_at(550) > 4e-4);
+        assert!((o.lr_at(1000) - 1e-5).abs() < 1e-12);
+        assert!(
+            (o.lr_at(5000) - 1e-5).abs() < 1e-12,
+            "past the end it stays at the floor"
+        );
+    }
+}
