@@ -58,8 +58,45 @@ struct Streak {
     alpha: f32,
 }
 
+/// What a sub-pixel streak's rasterisation needs besides its position: fixed per streak, so
+/// computed once per renderer rather than per frame.
+#[derive(Clone, Copy, Debug)]
+struct ThinShape {
+    /// Horizontal shift per row.
+    slope: f32,
+    /// Soft-end length, as a fraction of the streak length.
+    end: f32,
+    /// Coverage per row.
+    a: f32,
+    /// Advance along the streak (0 → 1) per row.
+    along_per_row: f32,
+    /// Rows before `ty` and after it that the soft ends reach: `end / along_per_row` and
+    /// `(1 + end) / along_per_row`.
+    head: f32,
+    tail: f32,
+}
+
+impl ThinShape {
+    fn new(s: &Streak) -> Self {
+        let dy = s.dy.max(0.2);
+        let end = (s.sigma / s.len).clamp(0.15, 0.5);
+        let along_per_row = (1.0 / s.len) / dy;
+        ThinShape {
+            slope: s.dx / dy,
+            end,
+            // A sub-pixel line of the drop's width covers about 2.5σ of a pixel.
+            a: s.alpha * (2.5 * s.sigma).min(1.0) / dy.max(0.5),
+            along_per_row,
+            head: end / along_per_row,
+            tail: (1.0 + end) / along_per_row,
+        }
+    }
+}
+
 /// A streak placed at a given frame.
 struct PlacedStreak {
+    /// Index into the renderer's streaks (and their shapes).
+    index: u32,
     tx: f32,
     ty: f32,
     dx: f32,
@@ -104,6 +141,8 @@ pub struct RainRenderer {
     width: usize,
     height: usize,
     streaks: Vec<Streak>,
+    /// Per streak, for the sub-pixel ones.
+    thin: Vec<ThinShape>,
     drops: Vec<DropSlot>,
     gauss: [f32; GAUSS_LUT_LEN],
     /// The composition loop built for this CPU (all builds give identical bytes).
@@ -220,6 +259,7 @@ impl RainRenderer {
             params: params.clone(),
             width: w,
             height: h,
+            thin: streaks.iter().map(ThinShape::new).collect(),
             streaks,
             drops,
             gauss,
@@ -306,7 +346,8 @@ impl RainRenderer {
         let t = frame as f64;
         self.streaks
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(index, s)| {
                 // f64 keeps long videos exact enough before wrapping.
                 let travel = s.step as f64 * t;
                 let hx = wrap(
@@ -321,6 +362,7 @@ impl RainRenderer {
                 let ty = hy - s.dy * s.len;
                 let pad = 3.0 * s.sigma + 1.0;
                 PlacedStreak {
+                    index: index as u32,
                     tx,
                     ty,
                     dx: s.dx,
@@ -563,10 +605,19 @@ impl RainRenderer {
         let q_max = (GAUSS_LUT_LEN - 1) as f32;
         for &i in which {
             let s = &placed[i as usize];
-            let ry0 = (s.y_min.floor().max(band_lo)) as usize;
-            let ry1 = (s.y_max.ceil().min(band_hi)) as usize;
+            // floor(max(y_min, lo)) and ceil(min(y_max, hi)) without libm calls (`f32::floor`
+            // and `ceil` are calls on baseline x86-64, and this runs once per streak and band).
+            let ry0 = s.y_min.max(band_lo) as usize;
+            let top = s.y_max.min(band_hi);
+            let ry1 = if top <= 0.0 {
+                0
+            } else if (top as usize as f32) < top {
+                top as usize + 1
+            } else {
+                top as usize
+            };
             if s.sigma <= THIN_SIGMA {
-                self.draw_thin(s, ry0, ry1, y0, cover);
+                self.draw_thin(s, &self.thin[s.index as usize], ry0, ry1, y0, cover);
                 continue;
             }
             let q_scale = GAUSS_LUT_RES / (s.sigma * s.sigma);
@@ -621,18 +672,27 @@ impl RainRenderer {
     /// A streak narrower than a pixel: per row, its coverage split between the two columns
     /// around its centre (linear interpolation), with the same soft ends as wide streaks.
     #[inline(never)]
-    fn draw_thin(&self, s: &PlacedStreak, ry0: usize, ry1: usize, y0: usize, cover: &mut [f32]) {
+    fn draw_thin(
+        &self,
+        s: &PlacedStreak,
+        shape: &ThinShape,
+        ry0: usize,
+        ry1: usize,
+        y0: usize,
+        cover: &mut [f32],
+    ) {
         let w = self.width;
-        let dy = s.dy.max(0.2);
-        let slope = s.dx / dy;
-        let inv_len = 1.0 / s.len;
-        let end = (s.sigma / s.len).clamp(0.15, 0.5);
-        // Coverage per row: a sub-pixel line of the drop's width covers about 2.5σ of a pixel.
-        let a = s.alpha * (2.5 * s.sigma).min(1.0) / dy.max(0.5);
-        let along_per_row = inv_len / dy;
+        let ThinShape {
+            slope,
+            end,
+            a,
+            along_per_row,
+            head,
+            tail,
+        } = *shape;
         // Only the rows whose centre crossing lies on the streak (soft ends included).
-        let first = s.ty - 0.5 - end / along_per_row;
-        let last = s.ty - 0.5 + (1.0 + end) / along_per_row;
+        let first = s.ty - 0.5 - head;
+        let last = s.ty - 0.5 + tail;
         let ry0 = ry0.max(if first > 0.0 { first as usize } else { 0 });
         let ry1 = ry1.min(if last > 0.0 { last as usize + 1 } else { 0 });
         for y in ry0..ry1 {
