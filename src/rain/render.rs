@@ -74,6 +74,8 @@ struct ThinShape {
     /// `(1 + end) / along_per_row`.
     head: f32,
     tail: f32,
+    /// `1 / (2·end)`: the soft ends' ramps multiply instead of divide.
+    inv_ramp: f32,
 }
 
 impl ThinShape {
@@ -89,6 +91,7 @@ impl ThinShape {
             along_per_row,
             head: end / along_per_row,
             tail: (1.0 + end) / along_per_row,
+            inv_ramp: 1.0 / (2.0 * end),
         }
     }
 }
@@ -627,6 +630,12 @@ impl RainRenderer {
             let inv_len = 1.0 / s.len;
             // Soft ends over ~1σ or 15% of the length.
             let end = (s.sigma / s.len).clamp(0.15, 0.5);
+            // smoothstep over [e, e + 2·end], multiplying by the reciprocal.
+            let inv_ramp = 1.0 / (2.0 * end);
+            let ramp = |e: f32, x: f32| {
+                let t = ((x - e) * inv_ramp).clamp(0.0, 1.0);
+                t * t * (3.0 - 2.0 * t)
+            };
             // Along the row, `along` and `perp` change by constant steps.
             let (d_along, d_perp) = (s.dx * inv_len, s.dy);
             for y in ry0..ry1 {
@@ -655,8 +664,7 @@ impl RainRenderer {
                         let ends = if along >= end && along <= 1.0 - end {
                             1.0
                         } else {
-                            smoothstep(-end, end, along)
-                                * (1.0 - smoothstep(1.0 - end, 1.0 + end, along))
+                            ramp(-end, along) * (1.0 - ramp(1.0 - end, along))
                         };
                         // SAFETY: 0 <= q < q_max (checked above, NaN fails the check).
                         let qi = unsafe { q.to_int_unchecked::<u32>() } as usize;
@@ -671,7 +679,7 @@ impl RainRenderer {
 
     /// A streak narrower than a pixel: per row, its coverage split between the two columns
     /// around its centre (linear interpolation), with the same soft ends as wide streaks.
-    #[inline(never)]
+    #[inline(always)]
     fn draw_thin(
         &self,
         s: &PlacedStreak,
@@ -689,7 +697,13 @@ impl RainRenderer {
             along_per_row,
             head,
             tail,
+            inv_ramp,
         } = *shape;
+        // smoothstep over [e, e + 2·end] with the division replaced by `inv_ramp`.
+        let ramp = |e: f32, x: f32| {
+            let t = ((x - e) * inv_ramp).clamp(0.0, 1.0);
+            t * t * (3.0 - 2.0 * t)
+        };
         // Only the rows whose centre crossing lies on the streak (soft ends included).
         let first = s.ty - 0.5 - head;
         let last = s.ty - 0.5 + tail;
@@ -705,13 +719,15 @@ impl RainRenderer {
             let ends = if along >= end && along <= 1.0 - end {
                 1.0
             } else {
-                smoothstep(-end, end, along) * (1.0 - smoothstep(1.0 - end, 1.0 + end, along))
+                ramp(-end, along) * (1.0 - ramp(1.0 - end, along))
             };
             let xc = s.tx + ey * slope - 0.5;
-            if xc < 0.0 || xc >= (w - 1) as f32 {
+            // `!(..)` also skips NaN.
+            if !(xc >= 0.0 && xc < (w - 1) as f32) {
                 continue;
             }
-            let x0 = xc as usize;
+            // SAFETY: 0 <= xc < w - 1 (checked above).
+            let x0 = unsafe { xc.to_int_unchecked::<u32>() } as usize;
             let f = xc - x0 as f32;
             let v = a * ends;
             let i = (y - y0) * w + x0;
@@ -1030,15 +1046,40 @@ impl LowRes {
                 let y0 = ly * LOWRES;
                 let y1 = (y0 + LOWRES).min(h);
                 let picks = [y0 + (y1 - y0) / 4, y0 + 3 * (y1 - y0) / 4];
+                let (ra, rb) = (
+                    &src[picks[0] * w * 3..][..w * 3],
+                    &src[picks[1] * w * 3..][..w * 3],
+                );
+                // Sums over 8 pixels by doubling: after the three passes, `s[j]` is the sum of
+                // the two rows' values at `j, j + 3, …, j + 21` (8 pixels of one channel). Flat
+                // loops over contiguous values, so they vectorise; the sums are exact integers.
+                let n = w * 3;
+                let mut s: Vec<u16> = ra
+                    .iter()
+                    .zip(rb)
+                    .map(|(&a, &b)| a as u16 + b as u16)
+                    .collect();
+                for step in [3, 6, 12] {
+                    for j in 0..n.saturating_sub(step) {
+                        s[j] += s[j + step];
+                    }
+                }
+                let full = w / LOWRES;
                 for (lx, out) in row.chunks_exact_mut(3).enumerate() {
                     let x0 = lx * LOWRES;
                     let x1 = (x0 + LOWRES).min(w);
                     let mut acc = [0u32; 3];
-                    for &y in &picks {
-                        for px in src[(y * w + x0) * 3..(y * w + x1) * 3].chunks_exact(3) {
-                            acc[0] += px[0] as u32;
-                            acc[1] += px[1] as u32;
-                            acc[2] += px[2] as u32;
+                    if lx < full {
+                        for c in 0..3 {
+                            acc[c] = s[3 * x0 + c] as u32;
+                        }
+                    } else {
+                        for &y in &picks {
+                            for px in src[(y * w + x0) * 3..(y * w + x1) * 3].chunks_exact(3) {
+                                acc[0] += px[0] as u32;
+                                acc[1] += px[1] as u32;
+                                acc[2] += px[2] as u32;
+                            }
                         }
                     }
                     let n = (2 * (x1 - x0)) as f32;
