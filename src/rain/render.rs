@@ -888,6 +888,72 @@ unsafe fn compose_row_avx2(
     compose_row_kernel(src, out, cover, mirror, a, b, l)
 }
 
+/// 16 interleaved RGB8 pixels ↔ three 16-byte channel vectors, with one AVX-512 VBMI byte
+/// permutation each way.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Rgb16 {
+    split: std::arch::x86_64::__m512i,
+    join: std::arch::x86_64::__m512i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rgb16 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+    fn new() -> Self {
+        use std::arch::x86_64::*;
+        let (mut split, mut join) = ([0u8; 64], [0u8; 64]);
+        for i in 0..48 {
+            split[i] = (i % 16 * 3 + i / 16) as u8;
+            join[i] = (i % 3 * 16 + i / 3) as u8;
+        }
+        // SAFETY: both tables hold 64 bytes.
+        unsafe {
+            Rgb16 {
+                split: _mm512_loadu_si512(split.as_ptr().cast()),
+                join: _mm512_loadu_si512(join.as_ptr().cast()),
+            }
+        }
+    }
+
+    /// R, G and B of the 16 pixels at `p`.
+    ///
+    /// # Safety
+    /// `p` is readable for 48 bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+    unsafe fn load(&self, p: *const u8) -> [std::arch::x86_64::__m128i; 3] {
+        use std::arch::x86_64::*;
+        let d = _mm512_permutexvar_epi8(self.split, unsafe {
+            _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, p.cast())
+        });
+        [
+            _mm512_castsi512_si128(d),
+            _mm512_extracti32x4_epi32::<1>(d),
+            _mm512_extracti32x4_epi32::<2>(d),
+        ]
+    }
+
+    /// Writes the 16 pixels with channels `c` to `p`.
+    ///
+    /// # Safety
+    /// `p` is writable for 48 bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+    unsafe fn store(&self, p: *mut u8, c: [std::arch::x86_64::__m128i; 3]) {
+        use std::arch::x86_64::*;
+        let all = _mm512_inserti32x4::<2>(
+            _mm512_inserti32x4::<1>(_mm512_castsi128_si512(c[0]), c[1]),
+            c[2],
+        );
+        unsafe {
+            _mm512_mask_storeu_epi8(
+                p.cast(),
+                0xFFFF_FFFF_FFFF,
+                _mm512_permutexvar_epi8(self.join, all),
+            )
+        };
+    }
+}
+
 /// [`compose_row_kernel`] 16 pixels at a time with AVX-512: one VBMI byte permutation splits 48
 /// interleaved bytes into R, G, B, another interleaves the results; the arithmetic is the
 /// reference's, operation for operation. The last `w % 16` pixels go through the reference.
@@ -912,17 +978,10 @@ unsafe fn compose_row_avx512(
         assert!(u0.len() >= 3 * w && u1.len() >= 3 * w);
     }
     let blocks = w / 16;
-    let mut split = [0u8; 64];
-    let mut join = [0u8; 64];
-    for i in 0..48 {
-        split[i] = (i % 16 * 3 + i / 16) as u8;
-        join[i] = (i % 3 * 16 + i / 3) as u8;
-    }
     // SAFETY: every load and store stays within the first `16 · blocks <= w` pixels of `src`,
     // `out`, `cover` and the mirror rows (lengths asserted above).
     unsafe {
-        let split = _mm512_loadu_si512(split.as_ptr().cast());
-        let join = _mm512_loadu_si512(join.as_ptr().cast());
+        let rgb = Rgb16::new();
         let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
         let (max, half) = (_mm512_set1_ps(255.0), _mm512_set1_ps(0.5));
         let va = a.map(|v| _mm512_set1_ps(v));
@@ -930,13 +989,7 @@ unsafe fn compose_row_avx512(
         let vl = l.map(|v| _mm512_set1_ps(v));
         for i in 0..blocks {
             let px = 16 * i;
-            let bytes = _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, src.as_ptr().add(3 * px).cast());
-            let d = _mm512_permutexvar_epi8(split, bytes);
-            let chans = [
-                _mm512_castsi512_si128(d),
-                _mm512_extracti32x4_epi32::<1>(d),
-                _mm512_extracti32x4_epi32::<2>(d),
-            ];
+            let chans = rgb.load(src.as_ptr().add(3 * px));
             let cp = cover.as_mut_ptr().add(px);
             let c = _mm512_min_ps(_mm512_loadu_ps(cp), one);
             _mm512_storeu_ps(cp, zero);
@@ -959,16 +1012,7 @@ unsafe fn compose_row_avx512(
                 v = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(v, zero), max), half);
                 res[k] = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
             }
-            let all = _mm512_inserti32x4::<2>(
-                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(res[0]), res[1]),
-                res[2],
-            );
-            let packed = _mm512_permutexvar_epi8(join, all);
-            _mm512_mask_storeu_epi8(
-                out.as_mut_ptr().add(3 * px).cast(),
-                0xFFFF_FFFF_FFFF,
-                packed,
-            );
+            rgb.store(out.as_mut_ptr().add(3 * px), res);
         }
     }
     compose_pixels(src, out, cover, mirror, a, b, l, 16 * blocks..w, w);
@@ -1314,18 +1358,11 @@ unsafe fn drop_row_avx512(r: &DropRow, vrow: &[f32], row: &mut [u8], xs: std::op
     use std::arch::x86_64::*;
     assert!(xs.end * 3 <= row.len() && (r.last_col as usize + 1) * 3 <= vrow.len());
     let blocks = xs.len() / 16;
-    let mut split = [0u8; 64];
-    let mut join = [0u8; 64];
-    for i in 0..48 {
-        split[i] = (i % 16 * 3 + i / 16) as u8;
-        join[i] = (i % 3 * 16 + i / 3) as u8;
-    }
     let f = _mm512_set1_ps;
     // SAFETY: block `i` covers columns `xs.start + 16i ..+16 <= xs.end` (asserted inside `row`);
     // gathered indices are `3·x0 + c`, `3·x1 + c` with `x0, x1 <= last_col` (inside `vrow`).
     unsafe {
-        let split = _mm512_loadu_si512(split.as_ptr().cast());
-        let join = _mm512_loadu_si512(join.as_ptr().cast());
+        let rgb = Rgb16::new();
         let lanes = _mm512_setr_ps(
             0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
         );
@@ -1382,13 +1419,7 @@ unsafe fn drop_row_avx512(r: &DropRow, vrow: &[f32], row: &mut [u8], xs: std::op
             let hl = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(f(70.0), bump), bump), bump);
             let a = _mm512_maskz_mov_ps(inside, _mm512_mul_ps(cover, f(r.opacity)));
             let ptr = row.as_mut_ptr().add(3 * x);
-            let bytes = _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, ptr.cast());
-            let d = _mm512_permutexvar_epi8(split, bytes);
-            let chans = [
-                _mm512_castsi512_si128(d),
-                _mm512_extracti32x4_epi32::<1>(d),
-                _mm512_extracti32x4_epi32::<2>(d),
-            ];
+            let chans = rgb.load(ptr);
             let mut res = [_mm_setzero_si128(); 3];
             for c in 0..3 {
                 let off = _mm512_set1_epi32(c as i32);
@@ -1404,15 +1435,7 @@ unsafe fn drop_row_avx512(r: &DropRow, vrow: &[f32], row: &mut [u8], xs: std::op
                 let v = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(v, zero), f(255.0)), f(0.5));
                 res[c] = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
             }
-            let all = _mm512_inserti32x4::<2>(
-                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(res[0]), res[1]),
-                res[2],
-            );
-            _mm512_mask_storeu_epi8(
-                ptr.cast(),
-                0xFFFF_FFFF_FFFF,
-                _mm512_permutexvar_epi8(join, all),
-            );
+            rgb.store(ptr, res);
         }
     }
     drop_row(r, vrow, row, xs.start + 16 * blocks..xs.end);
