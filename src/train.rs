@@ -339,8 +339,19 @@ fn checkpoint_paths(out: &Path, step: u64) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Validation pairs: the first `limit` of the `val` split (all when 0), decoded once.
-fn load_val(ds: &Dataset, limit: usize) -> Result<Vec<(image_io::RgbImage, image_io::RgbImage)>> {
+/// The validation pairs, decoded once, with the rainy inputs' scores (which never change).
+pub struct ValSet {
+    /// `(rainy, clean)` pairs.
+    pub pairs: Vec<(image_io::RgbImage, image_io::RgbImage)>,
+    pub input_psnr_y: f64,
+    pub input_ssim_y: f64,
+}
+
+/// Identical images have infinite PSNR: capped at 100 dB for means.
+const PSNR_CAP_DB: f64 = 100.0;
+
+/// The first `limit` pairs of the `val` split (all when 0).
+fn load_val(ds: &Dataset, limit: usize) -> Result<ValSet> {
     let recs: Vec<_> = ds.split(Split::Val).collect();
     if recs.is_empty() {
         return Err(TrainError::Run {
@@ -355,53 +366,57 @@ fn load_val(ds: &Dataset, limit: usize) -> Result<Vec<(image_io::RgbImage, image
     } else {
         limit.min(recs.len())
     };
-    recs[..n]
-        .iter()
-        .map(|r| {
-            Ok((
-                image_io::load_rgb8(&ds.root.join(&r.rainy))?,
-                image_io::load_rgb8(&ds.root.join(&r.clean))?,
-            ))
-        })
-        .collect()
+    let (mut p, mut s) = (0.0, 0.0);
+    let mut pairs = Vec::with_capacity(n);
+    for r in &recs[..n] {
+        let (rainy_path, clean_path) = (ds.root.join(&r.rainy), ds.root.join(&r.clean));
+        let (rainy, clean) = (
+            image_io::load_rgb8(&rainy_path)?,
+            image_io::load_rgb8(&clean_path)?,
+        );
+        let (py, sy) = metrics::score_y(&rainy, &clean).map_err(|e| TrainError::Run {
+            path: rainy_path,
+            why: format!("vs {}: {e}", clean_path.display()),
+        })?;
+        p += py.min(PSNR_CAP_DB);
+        s += sy;
+        pairs.push((rainy, clean));
+    }
+    Ok(ValSet {
+        pairs,
+        input_psnr_y: p / n as f64,
+        input_ssim_y: s / n as f64,
+    })
 }
 
-/// Scores the model on the validation pairs.
+/// Scores the model on the validation pairs; also returns the first de-rained image.
 pub fn validate(
     m: &Loaded,
-    pairs: &[(image_io::RgbImage, image_io::RgbImage)],
+    val: &ValSet,
     device: &Device,
     tiling: Option<Tiling>,
     step: u64,
 ) -> Result<(Validation, Option<image_io::RgbImage>)> {
-    let (mut p, mut s, mut ip, mut is) = (0.0, 0.0, 0.0, 0.0);
+    let (mut p, mut s) = (0.0, 0.0);
     let mut first = None;
-    let mut finite = 0usize;
-    for (rainy, clean) in pairs {
+    for (rainy, clean) in &val.pairs {
         let out = derain::derain_image(&m.model, rainy, device, tiling)?;
+        // Same sizes as the input's (checked by `load_val`).
         let (py, sy) =
             metrics::score_y(&out, clean).map_err(|e| TrainError::Usage(e.to_string()))?;
-        let (iy, isy) =
-            metrics::score_y(rainy, clean).map_err(|e| TrainError::Usage(e.to_string()))?;
-        // Identical images have infinite PSNR: cap at 100 dB for the mean.
-        p += py.min(100.0);
-        ip += iy.min(100.0);
+        p += py.min(PSNR_CAP_DB);
         s += sy;
-        is += isy;
-        finite += 1;
-        if first.is_none() {
-            first = Some(out);
-        }
+        first.get_or_insert(out);
     }
-    let n = finite.max(1) as f64;
+    let n = val.pairs.len() as f64;
     Ok((
         Validation {
             step,
             psnr_y: p / n,
             ssim_y: s / n,
-            input_psnr_y: ip / n,
-            input_ssim_y: is / n,
-            pairs: finite,
+            input_psnr_y: val.input_psnr_y,
+            input_ssim_y: val.input_ssim_y,
+            pairs: val.pairs.len(),
         },
         first,
     ))
@@ -457,6 +472,7 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
     let ds = Dataset::open(&opts.data)?;
     let val = load_val(&ds, opts.val_limit)?;
     if let Some((r, _)) = val
+        .pairs
         .iter()
         .find(|(r, _)| r.width() < min || r.height() < min)
     {
@@ -634,7 +650,7 @@ fn checkpoint(
     opts: &TrainOptions,
     m: &Loaded,
     optim: &AdamW,
-    val: &[(image_io::RgbImage, image_io::RgbImage)],
+    val: &ValSet,
     state: &mut TrainState,
     step: u64,
     loss_acc: &(f64, u64),
