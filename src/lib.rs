@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod nn;
 pub mod progress;
 pub mod rain;
+mod simd;
 pub mod synth;
 pub mod train;
 #[cfg(feature = "video")]

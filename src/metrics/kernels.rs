@@ -181,14 +181,10 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
     pub(in crate::metrics) unsafe fn luma_avx512(rgb: &[u8], out: &mut [u8]) -> usize {
         let blocks = out.len().min(rgb.len() / 3) / 16;
-        let mut split = [0u8; 64];
-        for (i, v) in split.iter_mut().enumerate().take(48) {
-            *v = (i % 16 * 3 + i / 16) as u8;
-        }
-        // SAFETY: `split` holds 64 bytes; every load reads 48 bytes of block `i < blocks` and every
-        // store writes 16 bytes of it, inside `rgb` and `out`.
+        // SAFETY: every load reads 48 bytes of block `i < blocks` and every store writes 16 bytes
+        // of it, inside `rgb` and `out`.
         unsafe {
-            let split = _mm512_loadu_si512(split.as_ptr().cast());
+            let rgb16 = crate::simd::Rgb16::new();
             let (wr, wg, wb) = (
                 _mm512_set1_epi32(65481),
                 _mm512_set1_epi32(128553),
@@ -200,11 +196,9 @@ mod x86 {
             );
             let inv = _mm512_set1_pd(1.0 / 255000.0);
             for i in 0..blocks {
-                let v = _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, rgb.as_ptr().add(48 * i).cast());
-                let d = _mm512_permutexvar_epi8(split, v);
-                let r = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(d));
-                let g = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32::<1>(d));
-                let b = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32::<2>(d));
+                let [r, g, b] = rgb16
+                    .load(rgb.as_ptr().add(48 * i))
+                    .map(|c| _mm512_cvtepu8_epi32(c));
                 let m = _mm512_add_epi32(
                     _mm512_add_epi32(_mm512_mullo_epi32(r, wr), _mm512_mullo_epi32(g, wg)),
                     _mm512_add_epi32(_mm512_mullo_epi32(b, wb), offset),

@@ -96,7 +96,7 @@ pub fn y_plane(img: &RgbImage) -> Plane {
     #[allow(unused_mut)]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if has_avx512_bytes() {
+    if crate::simd::has_avx512_vbmi() {
         // SAFETY: the CPU supports the features the function is compiled for.
         done = unsafe { kernels::luma_avx512(rgb, &mut data) };
     }
@@ -106,14 +106,6 @@ pub fn y_plane(img: &RgbImage) -> Plane {
         height: img.height() as usize,
         data,
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512_bytes() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vbmi")
 }
 
 /// One channel (0 = R, 1 = G, 2 = B) of an RGB8 image.

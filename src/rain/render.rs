@@ -150,6 +150,8 @@ pub struct RainRenderer {
     gauss: [f32; GAUSS_LUT_LEN],
     /// The composition loop built for this CPU (all builds give identical bytes).
     compose: ComposeFn,
+    /// The lens-drop row loop built for this CPU (likewise).
+    drop_row: DropFn,
     /// Per output column: left low-res column and weight of the right one (upsampling).
     upsample: Vec<(u32, f32)>,
     /// Per-row geometry (depth prior, wet road, reflections): fixed for a renderer.
@@ -187,11 +189,7 @@ fn upsample_weights(w: usize) -> Vec<(u32, f32)> {
 fn compose_for_cpu() -> ComposeFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vbmi")
-        {
+        if crate::simd::has_avx512_vbmi() {
             return compose_row_avx512;
         }
         if is_x86_feature_detected!("avx2") {
@@ -267,6 +265,7 @@ impl RainRenderer {
             drops,
             gauss,
             compose: compose_for_cpu(),
+            drop_row: drop_fn(),
             upsample: upsample_weights(w),
             rows: RowModel::new(params, h, focal_px, horizon),
             horizon,
@@ -585,7 +584,7 @@ impl RainRenderer {
                     let y0 = band * BAND_ROWS;
                     let n_rows = out.len() / (w * 3);
                     for d in &drops {
-                        draw_drop(d, &view, out, w, y0, n_rows);
+                        draw_drop(d, &view, out, w, y0, n_rows, self.drop_row);
                     }
                 });
         }
@@ -888,72 +887,6 @@ unsafe fn compose_row_avx2(
     compose_row_kernel(src, out, cover, mirror, a, b, l)
 }
 
-/// 16 interleaved RGB8 pixels ↔ three 16-byte channel vectors, with one AVX-512 VBMI byte
-/// permutation each way.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Rgb16 {
-    split: std::arch::x86_64::__m512i,
-    join: std::arch::x86_64::__m512i,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Rgb16 {
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
-    fn new() -> Self {
-        use std::arch::x86_64::*;
-        let (mut split, mut join) = ([0u8; 64], [0u8; 64]);
-        for i in 0..48 {
-            split[i] = (i % 16 * 3 + i / 16) as u8;
-            join[i] = (i % 3 * 16 + i / 3) as u8;
-        }
-        // SAFETY: both tables hold 64 bytes.
-        unsafe {
-            Rgb16 {
-                split: _mm512_loadu_si512(split.as_ptr().cast()),
-                join: _mm512_loadu_si512(join.as_ptr().cast()),
-            }
-        }
-    }
-
-    /// R, G and B of the 16 pixels at `p`.
-    ///
-    /// # Safety
-    /// `p` is readable for 48 bytes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
-    unsafe fn load(&self, p: *const u8) -> [std::arch::x86_64::__m128i; 3] {
-        use std::arch::x86_64::*;
-        let d = _mm512_permutexvar_epi8(self.split, unsafe {
-            _mm512_maskz_loadu_epi8(0xFFFF_FFFF_FFFF, p.cast())
-        });
-        [
-            _mm512_castsi512_si128(d),
-            _mm512_extracti32x4_epi32::<1>(d),
-            _mm512_extracti32x4_epi32::<2>(d),
-        ]
-    }
-
-    /// Writes the 16 pixels with channels `c` to `p`.
-    ///
-    /// # Safety
-    /// `p` is writable for 48 bytes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
-    unsafe fn store(&self, p: *mut u8, c: [std::arch::x86_64::__m128i; 3]) {
-        use std::arch::x86_64::*;
-        let all = _mm512_inserti32x4::<2>(
-            _mm512_inserti32x4::<1>(_mm512_castsi128_si512(c[0]), c[1]),
-            c[2],
-        );
-        unsafe {
-            _mm512_mask_storeu_epi8(
-                p.cast(),
-                0xFFFF_FFFF_FFFF,
-                _mm512_permutexvar_epi8(self.join, all),
-            )
-        };
-    }
-}
-
 /// [`compose_row_kernel`] 16 pixels at a time with AVX-512: one VBMI byte permutation splits 48
 /// interleaved bytes into R, G, B, another interleaves the results; the arithmetic is the
 /// reference's, operation for operation. The last `w % 16` pixels go through the reference.
@@ -981,7 +914,7 @@ unsafe fn compose_row_avx512(
     // SAFETY: every load and store stays within the first `16 · blocks <= w` pixels of `src`,
     // `out`, `cover` and the mirror rows (lengths asserted above).
     unsafe {
-        let rgb = Rgb16::new();
+        let rgb = crate::simd::Rgb16::new();
         let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
         let (max, half) = (_mm512_set1_ps(255.0), _mm512_set1_ps(0.5));
         let va = a.map(|v| _mm512_set1_ps(v));
@@ -1201,7 +1134,15 @@ impl LowRes {
 
 /// Draws the rows `y0..y0 + n_rows` of one lens drop into `out` (RGB8 rows of width `w`).
 #[inline(never)]
-fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize, n_rows: usize) {
+fn draw_drop(
+    d: &PlacedDrop,
+    view: &LowRes,
+    out: &mut [u8],
+    w: usize,
+    y0: usize,
+    n_rows: usize,
+    draw_row: DropFn,
+) {
     // A drop on the glass is far out of focus at its rim: soften over ~12% of the radius.
     let edge = 0.12f32.max(1.5 / d.rx);
     let reach = 1.0 + edge;
@@ -1223,7 +1164,6 @@ fn draw_drop(d: &PlacedDrop, view: &LowRes, out: &mut [u8], w: usize, y0: usize,
     let lx = |sx: f32| (sx / LOWRES as f32 - 0.5).max(0.0).min(last) as usize;
     let (c_lo, c_hi) = (lx(d.cx - span), (lx(d.cx + span) + 2).min(view.w));
     let mut vrow = vec![0.0f32; view.w * 3];
-    let draw_row = drop_fn();
     for y in y_lo..y_hi {
         let v = (y as f32 + 0.5 - d.cy) / d.ry;
         let v2 = v * v;
@@ -1285,11 +1225,7 @@ type DropFn = fn(&DropRow, &[f32], &mut [u8], std::ops::Range<usize>);
 fn drop_fn() -> DropFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vbmi")
-        {
+        if crate::simd::has_avx512_vbmi() {
             return |r, vrow, row, xs| {
                 // SAFETY: the CPU has the features (checked above).
                 unsafe { drop_row_avx512(r, vrow, row, xs) }
@@ -1362,7 +1298,7 @@ unsafe fn drop_row_avx512(r: &DropRow, vrow: &[f32], row: &mut [u8], xs: std::op
     // SAFETY: block `i` covers columns `xs.start + 16i ..+16 <= xs.end` (asserted inside `row`);
     // gathered indices are `3·x0 + c`, `3·x1 + c` with `x0, x1 <= last_col` (inside `vrow`).
     unsafe {
-        let rgb = Rgb16::new();
+        let rgb = crate::simd::Rgb16::new();
         let lanes = _mm512_setr_ps(
             0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
         );
