@@ -589,7 +589,7 @@ pub struct ModelEvalConfig {
     /// Report folder; the de-rained images go to its `outputs/` as `ID.png`.
     pub report: PathBuf,
     pub device: candle_core::Device,
-    pub tiling: Option<crate::derain::Tiling>,
+    pub tiles: crate::derain::TileChoice,
     pub rerun: Option<RerunTarget>,
     pub jpeg_quality: u8,
     pub progress: bool,
@@ -611,6 +611,7 @@ pub fn run_model(cfg: &ModelEvalConfig) -> Result<Report> {
         cfg.preset.as_deref(),
         &cfg.device,
     )?;
+    let tiling = cfg.tiles.resolve(&m.config);
     let outputs = cfg.report.join("outputs");
     // The outputs of an earlier evaluation into this report would be scored as well.
     if outputs.is_dir() {
@@ -633,7 +634,7 @@ pub fn run_model(cfg: &ModelEvalConfig) -> Result<Report> {
         for r in &records {
             let rainy_path = ds.root.join(&r.rainy);
             let rainy = image_io::load_rgb8(&rainy_path)?;
-            let out = crate::derain::derain_image(&m.model, &rainy, &cfg.device, cfg.tiling)?;
+            let out = crate::derain::derain_image(&m.model, &rainy, &cfg.device, tiling)?;
             image_io::save_png(&out, &outputs.join(format!("{}.png", r.id)))?;
             for (src, dir) in [(&r.clean, &target), (&r.rainy, &input)] {
                 let from = ds.root.join(src);

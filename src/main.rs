@@ -88,6 +88,13 @@ struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    tiles: TileArgs,
+}
+
+/// Tiling of large frames.
+#[derive(Args)]
+struct TileArgs {
     /// Process frames in tiles of this many pixels (bounded memory; default 256 for vit, whole
     /// frames otherwise; 0 = whole frames).
     #[arg(long, value_name = "PIXELS")]
@@ -97,15 +104,12 @@ struct ModelArgs {
     overlap: usize,
 }
 
-impl ModelArgs {
-    fn tiling(&self, arch: Option<&str>) -> Option<raincheck::derain::Tiling> {
-        let size = self
-            .tile
-            .unwrap_or(if arch == Some("vit") { 256 } else { 0 });
-        (size > 0).then_some(raincheck::derain::Tiling {
-            size,
+impl TileArgs {
+    fn choice(&self) -> raincheck::derain::TileChoice {
+        raincheck::derain::TileChoice {
+            size: self.tile,
             overlap: self.overlap,
-        })
+        }
     }
 }
 
@@ -180,9 +184,9 @@ struct TrainDerainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Tile size for validating vit on large frames (0: whole frames).
-    #[arg(long, default_value_t = 256)]
-    tile: usize,
+    /// Tiling of the validation images.
+    #[command(flatten)]
+    tiles: TileArgs,
     #[command(flatten)]
     rerun: RerunArgs,
 }
@@ -389,13 +393,6 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     UsageError(e.to_string()).into()
 }
 
-/// The architecture named by a run folder's config.json, if `path` is one.
-fn run_arch(path: &std::path::Path) -> Option<String> {
-    raincheck::derain::RunConfig::read(path)
-        .ok()
-        .map(|c| c.model.arch().to_string())
-}
-
 fn device(name: &str) -> anyhow::Result<candle_core::Device> {
     raincheck::derain::device_from_name(name).map_err(derain_err)
 }
@@ -540,7 +537,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval(a) => {
             let report = if let (Some(model), Some(data)) = (&a.model, &a.data) {
-                let arch = a.model_args.arch.clone().or_else(|| run_arch(model));
                 raincheck::eval::run_model(&raincheck::eval::ModelEvalConfig {
                     model: model.clone(),
                     arch: a.model_args.arch.clone(),
@@ -549,7 +545,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     split: a.split,
                     report: a.report.clone(),
                     device: device(&a.model_args.device)?,
-                    tiling: a.model_args.tiling(arch.as_deref()),
+                    tiles: a.model_args.tiles.choice(),
                     rerun: a.rerun.target(),
                     jpeg_quality: a.rerun.rerun_jpeg_quality,
                     progress,
@@ -572,7 +568,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("report: {}", a.report.display());
         }
         Command::Derain(a) => {
-            let arch = a.model_args.arch.clone().or_else(|| run_arch(&a.model));
             let job = raincheck::derain::apply::DerainJob {
                 model: a.model.clone(),
                 arch: a.model_args.arch.clone(),
@@ -580,7 +575,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 input: a.input,
                 out: a.out,
                 device: device(&a.model_args.device)?,
-                tiling: a.model_args.tiling(arch.as_deref()),
+                tiles: a.model_args.tiles.choice(),
                 progress,
             };
             let s = raincheck::derain::apply::run(&job).map_err(derain_err)?;
@@ -620,10 +615,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers: 2,
                 progress,
                 rerun: a.rerun.target(),
-                tiling: (a.arch == "vit" && a.tile > 0).then_some(raincheck::derain::Tiling {
-                    size: a.tile,
-                    overlap: 32.min(a.tile / 2),
-                }),
+                tiles: a.tiles.choice(),
             };
             let s = raincheck::train::train(&run).map_err(|e| match e {
                 raincheck::train::TrainError::Usage(m) => usage(m),

@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{self, Dataset, PairReader, ReaderConfig, Split};
-use crate::derain::{self, DerainError, Loaded, ModelConfig, RunConfig, Tiling};
+use crate::derain::{self, DerainError, Loaded, ModelConfig, RunConfig, TileChoice, Tiling};
 use crate::image_io;
 use crate::metrics;
 use crate::viz::{Recorder, RerunTarget};
@@ -136,8 +136,8 @@ pub struct TrainRun {
     pub workers: usize,
     pub progress: bool,
     pub rerun: Option<RerunTarget>,
-    /// Tiling for validation images (ViT on large frames).
-    pub tiling: Option<Tiling>,
+    /// Tiling of the validation images (the architecture's default unless given).
+    pub tiles: TileChoice,
 }
 
 /// `state.json`.
@@ -658,7 +658,7 @@ fn checkpoint(
     rec: Option<&Recorder>,
 ) -> Result<Validation> {
     let out = &run.out;
-    let (v, sample) = validate(m, val, &run.device, run.tiling, step)?;
+    let (v, sample) = validate(m, val, &run.device, run.tiles.resolve(&m.config), step)?;
     let (wp, op) = checkpoint_paths(out, step);
     m.params.save(&wp)?;
     derain::save_tensors(&optim.state()?, &op)?;

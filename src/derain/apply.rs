@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::Serialize;
 
-use super::{load, DerainError, Loaded, Result, Tiling};
+use super::{load, DerainError, Loaded, Result, TileChoice};
 use crate::image_io;
 
 pub struct DerainJob {
@@ -19,7 +19,7 @@ pub struct DerainJob {
     /// Output folder (created).
     pub out: PathBuf,
     pub device: Device,
-    pub tiling: Option<Tiling>,
+    pub tiles: TileChoice,
     pub progress: bool,
 }
 
@@ -59,6 +59,7 @@ pub fn run(job: &DerainJob) -> Result<DerainSummary> {
         path: job.out.clone(),
         source,
     })?;
+    let tiling = job.tiles.resolve(&m.config);
     let mut model_s = 0.0;
     let mut outputs = Vec::new();
     if input.is_dir() || image_io::is_image_path(input) {
@@ -75,7 +76,7 @@ pub fn run(job: &DerainJob) -> Result<DerainSummary> {
             let img = image_io::load_rgb8(path)?;
             check_size(&m, &img, path)?;
             let t = std::time::Instant::now();
-            let out = super::derain_image(&m.model, &img, &job.device, job.tiling)?;
+            let out = super::derain_image(&m.model, &img, &job.device, tiling)?;
             model_s += t.elapsed().as_secs_f64();
             let dst = job.out.join(format!("{stem}.png"));
             image_io::save_png(&out, &dst)?;
@@ -119,11 +120,12 @@ fn derain_video(job: &DerainJob, m: &Loaded) -> Result<DerainSummary> {
     let mut writer =
         VideoWriter::create(&out, reader.fps, reader.width, reader.height).map_err(verr)?;
     let pb = crate::progress::bar(reader.frame_count, "de-raining", job.progress);
+    let tiling = job.tiles.resolve(&m.config);
     let mut model_s = 0.0;
     while let Some(frame) = reader.next_frame().map_err(verr)? {
         check_size(m, &frame, input)?;
         let t = std::time::Instant::now();
-        let clean = super::derain_image(&m.model, &frame, &job.device, job.tiling)?;
+        let clean = super::derain_image(&m.model, &frame, &job.device, tiling)?;
         model_s += t.elapsed().as_secs_f64();
         writer.write(&clean).map_err(verr)?;
         pb.inc(1);

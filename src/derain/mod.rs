@@ -531,6 +531,31 @@ pub struct Tiling {
     pub overlap: usize,
 }
 
+/// The tiling a user asked for: a tile size (0: whole frames), or `None` for the architecture's
+/// default (256-pixel tiles for `vit`, whose attention grows with the square of the token count;
+/// whole frames otherwise), with the overlap of neighbouring tiles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TileChoice {
+    pub size: Option<usize>,
+    pub overlap: usize,
+}
+
+impl TileChoice {
+    /// Tile size `vit` uses unless told otherwise.
+    pub const VIT_DEFAULT: usize = 256;
+
+    pub fn resolve(self, config: &ModelConfig) -> Option<Tiling> {
+        let size = self.size.unwrap_or(match config {
+            ModelConfig::Vit(_) => Self::VIT_DEFAULT,
+            _ => 0,
+        });
+        (size > 0).then_some(Tiling {
+            size,
+            overlap: self.overlap,
+        })
+    }
+}
+
 /// Start offsets of tiles of `size` covering `0..n` with at least `overlap` shared pixels.
 fn tile_starts(n: usize, size: usize, overlap: usize) -> Vec<usize> {
     if n <= size {
@@ -773,6 +798,38 @@ mod tests {
         let err = d(&got, &want);
         assert!(err <= 1e-4, "max abs error {err}");
         eprintln!("PReNet vs PyTorch: max abs error {err:e}");
+    }
+
+    #[test]
+    fn tile_choice_defaults_per_architecture() {
+        let auto = TileChoice {
+            size: None,
+            overlap: 32,
+        };
+        assert_eq!(
+            auto.resolve(&tiny("vit")),
+            Some(Tiling {
+                size: TileChoice::VIT_DEFAULT,
+                overlap: 32
+            })
+        );
+        assert_eq!(auto.resolve(&tiny("unet")), None);
+        let off = TileChoice {
+            size: Some(0),
+            overlap: 32,
+        };
+        assert_eq!(off.resolve(&tiny("vit")), None);
+        let given = TileChoice {
+            size: Some(64),
+            overlap: 8,
+        };
+        assert_eq!(
+            given.resolve(&tiny("prenet")),
+            Some(Tiling {
+                size: 64,
+                overlap: 8
+            })
+        );
     }
 
     #[test]
