@@ -230,11 +230,11 @@ fn summaries(scores: &[Scores]) -> BTreeMap<String, MetricSummary> {
 
 /// Scores every image and builds the report (no files written).
 pub fn evaluate(cfg: &EvalConfig) -> Result<Report> {
-    Ok(evaluate_pairs(cfg)?.0)
+    Ok(evaluate_pairs(cfg, pair_up(cfg)?)?.0)
 }
 
-fn evaluate_pairs(cfg: &EvalConfig) -> Result<(Report, Vec<Paired>)> {
-    let pairs = pair_up(cfg)?;
+/// Scores `pairs`; `cfg` names their folders in the report.
+fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<Paired>)> {
     let pb = crate::progress::bar(pairs.len() as u64, "scoring", cfg.progress);
     let images: Vec<ImageScores> = pairs
         .par_iter()
@@ -315,7 +315,12 @@ fn evaluate_pairs(cfg: &EvalConfig) -> Result<(Report, Vec<Paired>)> {
 
 /// Scores, writes the report folder, and logs to Rerun when asked. Returns the report.
 pub fn run(cfg: &EvalConfig) -> Result<Report> {
-    let (report, pairs) = evaluate_pairs(cfg)?;
+    run_pairs(cfg, pair_up(cfg)?)
+}
+
+/// [`run`] on pairs found by the caller.
+fn run_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<Report> {
+    let (report, pairs) = evaluate_pairs(cfg, pairs)?;
     let dir = &cfg.report;
     if dir.exists() && !dir.is_dir() {
         return Err(EvalError::NotADir { path: dir.clone() });
@@ -596,7 +601,8 @@ pub struct ModelEvalConfig {
 }
 
 /// Runs the model over the split's rainy images (outputs kept in `REPORT/outputs/`), then scores
-/// them like [`run`] with the split's clean images as targets and rainy ones as inputs.
+/// them like [`run`] against the split's clean images, with the rainy ones as inputs (read where
+/// they are in the dataset).
 pub fn run_model(cfg: &ModelEvalConfig) -> Result<Report> {
     let ds = crate::dataset::Dataset::open(&cfg.data)?;
     let records: Vec<_> = ds.split(cfg.split).collect();
@@ -613,53 +619,44 @@ pub fn run_model(cfg: &ModelEvalConfig) -> Result<Report> {
     )?;
     let tiling = cfg.tiles.resolve(&m.config);
     let outputs = cfg.report.join("outputs");
-    // The outputs of an earlier evaluation into this report would be scored as well.
+    // Stale outputs of an earlier evaluation into this report would mix with this one's.
     if outputs.is_dir() {
         std::fs::remove_dir_all(&outputs).map_err(|source| EvalError::Write {
             path: outputs.clone(),
             source,
         })?;
     }
-    // Targets and inputs of this split only, linked (or copied) under the ids' names.
-    let work = cfg.report.join(format!(".pairs.{}", std::process::id()));
-    let (target, input) = (work.join("target"), work.join("input"));
-    for dir in [&outputs, &target, &input] {
-        std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
-            path: dir.clone(),
-            source,
-        })?;
+    std::fs::create_dir_all(&outputs).map_err(|source| EvalError::Write {
+        path: outputs.clone(),
+        source,
+    })?;
+    let pb = crate::progress::bar(records.len() as u64, "de-raining", cfg.progress);
+    let mut pairs = Vec::with_capacity(records.len());
+    for r in &records {
+        let (rainy, clean) = (ds.root.join(&r.rainy), ds.root.join(&r.clean));
+        let out = crate::derain::derain_image(
+            &m.model,
+            &image_io::load_rgb8(&rainy)?,
+            &cfg.device,
+            tiling,
+        )?;
+        let pred = outputs.join(format!("{}.png", r.id));
+        image_io::save_png(&out, &pred)?;
+        pairs.push((r.id.clone(), pred, clean, Some(rainy)));
+        pb.inc(1);
     }
-    let result = (|| {
-        let pb = crate::progress::bar(records.len() as u64, "de-raining", cfg.progress);
-        for r in &records {
-            let rainy_path = ds.root.join(&r.rainy);
-            let rainy = image_io::load_rgb8(&rainy_path)?;
-            let out = crate::derain::derain_image(&m.model, &rainy, &cfg.device, tiling)?;
-            image_io::save_png(&out, &outputs.join(format!("{}.png", r.id)))?;
-            for (src, dir) in [(&r.clean, &target), (&r.rainy, &input)] {
-                let from = ds.root.join(src);
-                let ext = from.extension().and_then(|e| e.to_str()).unwrap_or("png");
-                let to = dir.join(format!("{}.{ext}", r.id));
-                if std::fs::hard_link(&from, &to).is_err() {
-                    std::fs::copy(&from, &to).map_err(|source| EvalError::Write {
-                        path: to.clone(),
-                        source,
-                    })?;
-                }
-            }
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        run(&EvalConfig {
-            pred: outputs.clone(),
-            target: target.clone(),
-            input: Some(input.clone()),
+    pb.finish_and_clear();
+    // The split's own files are scored in place: the report names their folders.
+    run_pairs(
+        &EvalConfig {
+            pred: outputs,
+            target: ds.root.join("clean"),
+            input: Some(ds.root.join("rainy")),
             report: cfg.report.clone(),
             rerun: cfg.rerun.clone(),
             jpeg_quality: cfg.jpeg_quality,
             progress: cfg.progress,
-        })
-    })();
-    let _ = std::fs::remove_dir_all(&work);
-    result
+        },
+        pairs,
+    )
 }
