@@ -100,13 +100,9 @@ impl ThinShape {
 struct PlacedStreak {
     /// Index into the renderer's streaks (and their shapes).
     index: u32,
+    /// Tail position in pixels (the rest of the streak follows from its fixed shape).
     tx: f32,
     ty: f32,
-    dx: f32,
-    dy: f32,
-    len: f32,
-    sigma: f32,
-    alpha: f32,
     y_min: f32,
     y_max: f32,
 }
@@ -367,11 +363,6 @@ impl RainRenderer {
                     index: index as u32,
                     tx,
                     ty,
-                    dx: s.dx,
-                    dy: s.dy,
-                    len: s.len,
-                    sigma: s.sigma,
-                    alpha: s.alpha,
                     y_min: ty.min(hy) - pad,
                     y_max: ty.max(hy) + pad,
                 }
@@ -607,6 +598,7 @@ impl RainRenderer {
         let q_max = (GAUSS_LUT_LEN - 1) as f32;
         for &i in which {
             let s = &placed[i as usize];
+            let st = &self.streaks[s.index as usize];
             // floor(max(y_min, lo)) and ceil(min(y_max, hi)) without libm calls (`f32::floor`
             // and `ceil` are calls on baseline x86-64, and this runs once per streak and band).
             let ry0 = s.y_min.max(band_lo) as usize;
@@ -618,17 +610,17 @@ impl RainRenderer {
             } else {
                 top as usize
             };
-            if s.sigma <= THIN_SIGMA {
+            if st.sigma <= THIN_SIGMA {
                 self.draw_thin(s, &self.thin[s.index as usize], ry0, ry1, y0, cover);
                 continue;
             }
-            let q_scale = GAUSS_LUT_RES / (s.sigma * s.sigma);
-            let dy = s.dy.max(0.2);
+            let q_scale = GAUSS_LUT_RES / (st.sigma * st.sigma);
+            let dy = st.dy.max(0.2);
             // Horizontal half-extent of the 3σ band around the line at one row.
-            let half = 3.0 * s.sigma / dy + 0.5;
-            let inv_len = 1.0 / s.len;
+            let half = 3.0 * st.sigma / dy + 0.5;
+            let inv_len = 1.0 / st.len;
             // Soft ends over ~1σ or 15% of the length.
-            let end = (s.sigma / s.len).clamp(0.15, 0.5);
+            let end = (st.sigma / st.len).clamp(0.15, 0.5);
             // smoothstep over [e, e + 2·end], multiplying by the reciprocal.
             let inv_ramp = 1.0 / (2.0 * end);
             let ramp = |e: f32, x: f32| {
@@ -636,11 +628,11 @@ impl RainRenderer {
                 t * t * (3.0 - 2.0 * t)
             };
             // Along the row, `along` and `perp` change by constant steps.
-            let (d_along, d_perp) = (s.dx * inv_len, s.dy);
+            let (d_along, d_perp) = (st.dx * inv_len, st.dy);
             for y in ry0..ry1 {
                 let py = y as f32 + 0.5;
                 let ey = py - s.ty;
-                let xc = s.tx + ey * s.dx / dy;
+                let xc = s.tx + ey * st.dx / dy;
                 // Truncation is floor for positive values (f32::floor is a libm call on
                 // baseline x86-64); one extra column at the right end is harmless.
                 let (lo, hi) = (xc - half, xc + half);
@@ -655,8 +647,8 @@ impl RainRenderer {
                 }
                 let row = &mut cover[(y - y0) * w..(y - y0 + 1) * w];
                 let ex0 = x_lo as f32 + 0.5 - s.tx;
-                let mut along = (ex0 * s.dx + ey * s.dy) * inv_len;
-                let mut perp = ex0 * s.dy - ey * s.dx;
+                let mut along = (ex0 * st.dx + ey * st.dy) * inv_len;
+                let mut perp = ex0 * st.dy - ey * st.dx;
                 for cell in &mut row[x_lo..x_hi] {
                     let q = perp * perp * q_scale;
                     if q < q_max && along > -end && along < 1.0 + end {
@@ -667,7 +659,7 @@ impl RainRenderer {
                         };
                         // SAFETY: 0 <= q < q_max (checked above, NaN fails the check).
                         let qi = unsafe { q.to_int_unchecked::<u32>() } as usize;
-                        *cell += s.alpha * self.gauss[qi] * ends;
+                        *cell += st.alpha * self.gauss[qi] * ends;
                     }
                     along += d_along;
                     perp += d_perp;
