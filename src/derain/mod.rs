@@ -344,18 +344,22 @@ impl Params {
 /// Writes tensors as safetensors under a temporary name, then renames.
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let tmp = image_io::temp_path_for(path);
-    let io = |source| DerainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Err(e) = candle_core::safetensors::save(tensors, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(DerainError::File {
+    let written = candle_core::safetensors::save(tensors, &tmp)
+        .map_err(|e| DerainError::File {
             path: path.to_path_buf(),
             why: format!("cannot write: {e}"),
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|source| DerainError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
         });
+    if written.is_err() {
+        // Never leave a partial (or orphaned) temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    written
 }
 
 /// Reads a weight file: safetensors, or a PyTorch `.pth`/`.pt` state dict (a `module.` prefix
