@@ -64,6 +64,11 @@ enum Command {
     ///
     /// Outputs go to OUT keeping each input's file stem (STEM.png, or the video's container).
     Derain(DerainArgs),
+    /// Translate clear images (an image, a folder or a video) into rainy ones with a CycleGAN
+    /// generator, at full resolution.
+    ///
+    /// Outputs go to OUT keeping each input's file stem (STEM.png, or the video's container).
+    Translate(TranslateArgs),
 }
 
 #[derive(Subcommand)]
@@ -74,6 +79,142 @@ enum TrainCommand {
     /// train.json, state.json, log.jsonl and checkpoints/ (the last --keep-last, with
     /// optimizer state); --resume continues exactly where it stopped.
     Derain(TrainDerainArgs),
+    /// Train a CycleGAN clear ↔ rainy on two unpaired folders of images (or a dataset's halves).
+    ///
+    /// The run folder gets config.json, g_clear2rainy.safetensors and g_rainy2clear.safetensors
+    /// (the reference implementation's weight names), state.json, log.jsonl, samples/ (real |
+    /// fake | reconstructed grids) and checkpoints/ (networks, optimizer moments, fake pools);
+    /// --resume continues exactly where it stopped. Options come from --config (TOML, the
+    /// keys of config.json's "options") and then the flags.
+    Cyclegan(TrainCycleganArgs),
+}
+
+#[derive(Args)]
+struct TrainCycleganArgs {
+    /// Folder of clear images.
+    #[arg(long)]
+    clear: Option<PathBuf>,
+    /// Folder of rainy images (real rainy photos, or rendered rain).
+    #[arg(long)]
+    rainy: Option<PathBuf>,
+    /// A paired dataset whose train split's halves serve as the two domains.
+    #[arg(long, conflicts_with_all = ["clear", "rainy"])]
+    data: Option<PathBuf>,
+    /// Run folder.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// TOML file of options (steps, size, ngf, blocks, ndf, n_layers, batch, lr_g, lr_d, beta1,
+    /// beta2, decay_from, lambda_cycle, lambda_identity, pool, checkpoint_every, sample_every,
+    /// seed, load_size, clear, rainy, data); flags override it.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Training steps [default: 10000]; the learning rates decay linearly to 0 over the second
+    /// half (decay_from).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Side of the random square crops, a multiple of 4 [default: 128].
+    #[arg(long, value_name = "PX")]
+    size: Option<u32>,
+    /// Generator filters [default: 64].
+    #[arg(long)]
+    ngf: Option<usize>,
+    /// Generator residual blocks [default: 6; the reference uses 9 for 256 px].
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// Images per step from each domain [default: 1].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Generators' learning rate [default: 2e-4].
+    #[arg(long)]
+    lr_g: Option<f64>,
+    /// Discriminators' learning rate (TTUR: e.g. --lr-g 1e-4 --lr-d 4e-4) [default: 2e-4].
+    #[arg(long)]
+    lr_d: Option<f64>,
+    /// Checkpoint every N steps (and at the end) [default: 500].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Log losses and write a sample grid every N steps [default: 100].
+    #[arg(long)]
+    sample_every: Option<u64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue the run in --out up to --steps.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    rerun: RerunArgs,
+}
+
+impl TrainCycleganArgs {
+    fn options(&self) -> anyhow::Result<raincheck::cyclegan::train::CycleganOptions> {
+        let mut o = match &self.config {
+            Some(p) => raincheck::cyclegan::train::CycleganOptions::from_toml(p)?,
+            None => Default::default(),
+        };
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { o.$f = v.clone(); } )* };
+        }
+        take!(
+            clear,
+            rainy,
+            steps,
+            size,
+            ngf,
+            blocks,
+            batch,
+            lr_g,
+            lr_d,
+            checkpoint_every,
+            sample_every,
+            seed
+        );
+        if self.data.is_some() {
+            o.data = self.data.clone();
+        }
+        if self.resume && self.steps.is_none() {
+            // Keep the run's own length.
+            o.steps = 0;
+        }
+        if !self.resume
+            && o.data.is_none()
+            && (o.clear.as_os_str().is_empty() || o.rainy.as_os_str().is_empty())
+        {
+            return Err(usage(
+                "say where the two domains are: --clear DIR --rainy DIR, or --data DATASET",
+            ));
+        }
+        Ok(o)
+    }
+}
+
+#[derive(Args)]
+struct TranslateArgs {
+    /// A run folder (from `raincheck train cyclegan`) or a generator weight file: a PyTorch
+    /// .pth state dict of the reference CycleGAN code, or .safetensors (ngf and blocks are read
+    /// off the weights).
+    #[arg(long)]
+    model: PathBuf,
+    /// An image (PNG/JPEG), a folder of images, or a video file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// With a run folder: use the rainy → clear generator instead of clear → rainy.
+    #[arg(long)]
+    reverse: bool,
+    /// Process frames in tiles of this many pixels (0: whole frames).
+    #[arg(long, default_value_t = 0, value_name = "PIXELS")]
+    tile: usize,
+    /// Overlap of neighbouring tiles, blended smoothly.
+    #[arg(long, default_value_t = 32, value_name = "PIXELS")]
+    overlap: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Model selection shared by `derain` and `eval --model`.
@@ -278,7 +419,8 @@ struct GenerateArgs {
     /// Clear images: a folder of PNG/JPEG, or a video file (every `--every`-th frame).
     #[arg(long)]
     clear: PathBuf,
-    /// Rain method: `physical` or `physical:PRESET` (drizzle, moderate, heavy, torrential).
+    /// Rain method: `physical` or `physical:PRESET` (drizzle, moderate, heavy, torrential), or
+    /// `cyclegan:RUN_DIR` / `cyclegan:G.pth` (a CycleGAN's clear → rainy generator).
     #[arg(long, default_value = "physical:heavy")]
     rain: String,
     #[command(flatten)]
@@ -623,6 +765,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 e => e.into(),
             })?;
             print_json(&s)?;
+        }
+        Command::Train(TrainCommand::Cyclegan(a)) => {
+            let run = raincheck::cyclegan::train::CycleganRun {
+                out: a.out.clone(),
+                options: a.options()?,
+                resume: a.resume,
+                device: device(&a.device)?,
+                progress,
+                rerun: a.rerun.target(),
+            };
+            let s = raincheck::cyclegan::train::train(&run).map_err(|e| match e {
+                raincheck::train::TrainError::Usage(m) => usage(m),
+                raincheck::train::TrainError::Model(e) => derain_err(e),
+                e => e.into(),
+            })?;
+            print_json(&s)?;
+        }
+        Command::Translate(a) => {
+            use raincheck::cyclegan::translate::{self, Direction, TranslateJob};
+            let job = TranslateJob {
+                model: a.model,
+                direction: if a.reverse {
+                    Direction::RainyToClear
+                } else {
+                    Direction::ClearToRainy
+                },
+                input: a.input,
+                out: a.out,
+                device: device(&a.device)?,
+                tile: a.tile,
+                overlap: a.overlap,
+                progress,
+            };
+            let s = translate::run(&job).map_err(derain_err)?;
+            for o in &s.outputs {
+                println!("{}", o.display());
+            }
+            tracing::info!(
+                "{} frames, {:.1} ms per frame in the generator",
+                s.frames,
+                s.ms_per_frame
+            );
         }
         Command::Inspect(a) => {
             let target = a.rerun.target().ok_or_else(|| {

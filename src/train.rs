@@ -204,6 +204,13 @@ impl AdamW {
         })
     }
 
+    /// Adam's β₁ and β₂ (default 0.9, 0.999).
+    pub fn with_betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self
+    }
+
     /// One update with learning rate `lr`; gradients are scaled by `scale` first (clipping).
     pub fn step(
         &mut self,
@@ -231,7 +238,8 @@ impl AdamW {
         Ok(())
     }
 
-    fn state(&self) -> Result<HashMap<String, Tensor>> {
+    /// The moments and update count, for a checkpoint.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
             out.insert(format!("m.{name}"), self.m[i].to_device(&Device::Cpu)?);
@@ -241,7 +249,8 @@ impl AdamW {
         Ok(out)
     }
 
-    fn load_state(&mut self, mut t: HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    /// Restores [`AdamW::state`] (read from `path`).
+    pub fn load_state(&mut self, mut t: HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let missing = |name: &str| TrainError::Run {
             path: path.to_path_buf(),
             why: format!("optimizer state lacks `{name}`"),
@@ -311,19 +320,19 @@ fn train_bytes(ds: &Dataset) -> u64 {
         .sum()
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v).expect("serialises");
     image_io::write_atomic(path, text.as_bytes()).map_err(io_err(path))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Run {
         path: path.to_path_buf(),

@@ -1248,3 +1248,166 @@ fn train_and_derain_bad_inputs_get_clear_errors() {
     let err = derain_fails(&["--arch", "unet", "--device", "tpu"], 2);
     assert!(err.contains("tpu"), "{err}");
 }
+
+/// CycleGAN end to end: train a tiny model from TOML options and flags, translate a bundled
+/// frame with the run folder and with the reference implementation's `.pth`, make a dataset with
+/// it, and reject bad models and inputs with clear errors.
+#[test]
+fn cyclegan_trains_translates_and_generates() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = small_frames(t.path(), 3);
+    let rainy = t.path().join("rainy");
+    ok(&["rain", s(&clear), "--preset", "heavy", "--out", s(&rainy)]);
+    let toml = t.path().join("cg.toml");
+    std::fs::write(&toml, "ndf = 8\nn_layers = 2\nngf = 16\nsample_every = 2\n").unwrap();
+    let run_dir = t.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "cyclegan",
+            "--clear",
+            s(&clear),
+            "--rainy",
+            s(&rainy),
+            "--out",
+            s(&run_dir),
+            "--config",
+            s(&toml),
+            "--size",
+            "32",
+            "--ngf",
+            "4",
+            "--blocks",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = train(&["--steps", "3"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&args.iter().map(|a| a.as_str()).collect::<Vec<_>>())).unwrap();
+    assert_eq!(summary["steps_done"], 3);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("config.json")).unwrap())
+            .unwrap();
+    // Flags override the file; the file overrides the defaults.
+    assert_eq!(cfg["generator"]["ngf"], 4);
+    assert_eq!(cfg["discriminator"]["ndf"], 8);
+    assert!(run_dir.join("samples/step-00000002.png").is_file());
+    // Resume to 4 steps.
+    let args = train(&["--steps", "4", "--resume"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&args.iter().map(|a| a.as_str()).collect::<Vec<_>>())).unwrap();
+    assert_eq!(summary["steps_done"], 1);
+
+    let frame = samples().join("frames/udacity_challange00101.jpg");
+    let out = t.path().join("translated");
+    let printed = ok(&[
+        "translate",
+        "--model",
+        s(&run_dir),
+        "--input",
+        s(&frame),
+        "--out",
+        s(&out),
+    ]);
+    let result = image::open(printed.trim()).unwrap();
+    let original = image::open(&frame).unwrap();
+    assert_eq!(
+        (result.width(), result.height()),
+        (original.width(), original.height())
+    );
+    let pth = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("eval/reference/fixtures/cyclegan/generator_ngf8_b2.pth");
+    let out2 = t.path().join("translated2");
+    ok(&[
+        "translate",
+        "--model",
+        s(&pth),
+        "--input",
+        s(&clear),
+        "--out",
+        s(&out2),
+        "--tile",
+        "64",
+        "--overlap",
+        "16",
+    ]);
+    assert_eq!(names_containing(&out2, ".png").len(), 3);
+
+    let ds = t.path().join("ds");
+    let rain = format!("cyclegan:{}", s(&run_dir));
+    generate_ok(&clear, &ds, &["--rain", &rain]);
+    assert!(ok(&["dataset", "verify", s(&ds)]).contains("3 of 3 pairs ok"));
+    let m = manifest(&ds);
+    assert_eq!(m[0]["method"], "cyclegan");
+    assert_eq!(m[0]["rain"]["ngf"], 4);
+    assert_eq!(m[0]["rain"]["config_hash"].as_str().unwrap().len(), 16);
+
+    // Bad models and inputs.
+    let d = pth.with_file_name("discriminator_ndf8.pth");
+    let err = fails(
+        &[
+            "translate",
+            "--model",
+            s(&d),
+            "--input",
+            s(&frame),
+            "--out",
+            s(&out),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("discriminator_ndf8.pth") && err.contains("model.1.weight"),
+        "{err}"
+    );
+    let corrupt = t.path().join("g.pth");
+    std::fs::write(&corrupt, b"\x80\x02garbage").unwrap();
+    let err = fails(
+        &[
+            "translate",
+            "--model",
+            s(&corrupt),
+            "--input",
+            s(&frame),
+            "--out",
+            s(&out),
+        ],
+        1,
+    );
+    assert!(err.contains("g.pth"), "{err}");
+    let tiny = t.path().join("tiny.png");
+    image::RgbImage::new(6, 6).save(&tiny).unwrap();
+    let err = fails(
+        &[
+            "translate",
+            "--model",
+            s(&pth),
+            "--input",
+            s(&tiny),
+            "--out",
+            s(&out),
+        ],
+        1,
+    );
+    assert!(err.contains("tiny.png") && err.contains("8x8"), "{err}");
+    let err = fails(&["train", "cyclegan", "--out", s(&t.path().join("r2"))], 2);
+    assert!(err.contains("--clear"), "{err}");
+    let err = fails(
+        &[
+            "train",
+            "cyclegan",
+            "--clear",
+            s(&clear),
+            "--rainy",
+            s(&t.path().join("none")),
+            "--out",
+            s(&t.path().join("r3")),
+        ],
+        1,
+    );
+    assert!(err.contains("none"), "{err}");
+    let err = generate_fails(&clear, &t.path().join("ds2"), &["--rain", "cyclegan:"], 2);
+    assert!(err.contains("cyclegan"), "{err}");
+}

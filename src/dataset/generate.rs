@@ -27,10 +27,15 @@ const JOURNAL: &str = ".journal.jsonl";
 pub enum RainMethod {
     /// The physical renderer with a preset (and overrides applied to its parameters).
     Physical { preset: Preset, params: RainParams },
+    /// A CycleGAN's clear → rainy generator: a run folder of `raincheck train cyclegan`, or a
+    /// generator weight file (`.pth`/`.safetensors`), identified by a hash of its config (run
+    /// folder) or of the file.
+    Cyclegan { model: PathBuf, hash: String },
 }
 
 impl RainMethod {
-    /// Parses `physical` or `physical:PRESET` (default preset: heavy), then applies overrides.
+    /// Parses `physical` or `physical:PRESET` (default preset: heavy), then applies overrides;
+    /// or `cyclegan:RUN_DIR` / `cyclegan:G.pth` (no overrides).
     pub fn parse(s: &str, overrides: &[String]) -> Result<Self> {
         let (kind, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
@@ -48,9 +53,31 @@ impl RainMethod {
                 }
                 Ok(RainMethod::Physical { preset, params })
             }
+            "cyclegan" => {
+                let model = PathBuf::from(arg.filter(|a| !a.is_empty()).ok_or_else(|| {
+                    DatasetError::Flag {
+                        flag: "--rain",
+                        why: "cyclegan needs a model: cyclegan:RUN_DIR or cyclegan:G.pth".into(),
+                    }
+                })?);
+                if !overrides.is_empty() {
+                    return Err(DatasetError::Flag {
+                        flag: "--set",
+                        why: "rain parameters apply to the physical renderer, not to a CycleGAN"
+                            .into(),
+                    });
+                }
+                let hash = if model.is_dir() {
+                    crate::cyclegan::train::RunConfig::read(&model)?.hash()
+                } else {
+                    let bytes = std::fs::read(&model).map_err(io_err(&model))?;
+                    super::sha256_hex(&bytes)[..16].to_string()
+                };
+                Ok(RainMethod::Cyclegan { model, hash })
+            }
             other => Err(DatasetError::Flag {
                 flag: "--rain",
-                why: format!("unknown rain method `{other}` (this build has: physical[:PRESET])"),
+                why: format!("unknown rain method `{other}` (physical[:PRESET] or cyclegan:MODEL)"),
             }),
         }
     }
@@ -58,6 +85,7 @@ impl RainMethod {
     pub fn label(&self) -> String {
         match self {
             RainMethod::Physical { preset, .. } => format!("physical:{preset}"),
+            RainMethod::Cyclegan { model, hash } => format!("cyclegan:{}@{hash}", model.display()),
         }
     }
 }
@@ -342,10 +370,22 @@ impl Journal {
     }
 }
 
+/// What makes the rainy half.
+enum Rainer<'a> {
+    Physical {
+        params: &'a RainParams,
+        preset: Preset,
+    },
+    Cyclegan {
+        generator: Box<crate::cyclegan::Generator>,
+        /// Recorded with every pair.
+        about: serde_json::Value,
+    },
+}
+
 struct PairWriter<'a> {
     cfg: &'a GenerateConfig,
-    params: &'a RainParams,
-    preset: Preset,
+    rainer: Rainer<'a>,
     journal: Journal,
 }
 
@@ -365,23 +405,47 @@ impl PairWriter<'_> {
             None => clean,
         };
         let (w, h) = clean.dimensions();
-        let own;
-        let renderer = match renderer {
-            Some(r) => r,
-            None => {
-                own = RainRenderer::new(self.params, w, h, seed)?;
-                &own
+        let (rainy, method, preset, mut rain) = match &self.rainer {
+            Rainer::Physical { params, preset } => {
+                let own;
+                let renderer = match renderer {
+                    Some(r) => r,
+                    None => {
+                        own = RainRenderer::new(params, w, h, seed)?;
+                        &own
+                    }
+                };
+                // Through text, so that f32 parameters keep their short decimal form.
+                let text = serde_json::to_string(params).expect("params serialise");
+                let rain: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+                (
+                    renderer.render(&clean, frame, None)?,
+                    "physical",
+                    Some(preset.to_string()),
+                    rain,
+                )
+            }
+            Rainer::Cyclegan { generator, about } => {
+                if w < 8 || h < 8 {
+                    return Err(DatasetError::Path {
+                        path: PathBuf::from(&source),
+                        why: format!("is {w}x{h}; the CycleGAN generator needs at least 8x8"),
+                    });
+                }
+                let rainy = crate::cyclegan::translate::translate_image(
+                    generator,
+                    &clean,
+                    &candle_core::Device::Cpu,
+                    None,
+                )?;
+                (rainy, "cyclegan", None, about.clone())
             }
         };
-        let rainy = renderer.render(&clean, frame, None)?;
         let out = &self.cfg.out;
         let clean_rel = format!("clean/{id}.png");
         let rainy_rel = format!("rainy/{id}.png");
         let clean_bytes = image_io::save_png(&clean, &out.join(&clean_rel))?;
         let rainy_bytes = image_io::save_png(&rainy, &out.join(&rainy_rel))?;
-        // Through text, so that f32 parameters keep their short decimal form.
-        let text = serde_json::to_string(self.params).expect("params serialise");
-        let mut rain: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         if frame > 0 {
             rain["frame"] = frame.into();
         }
@@ -390,8 +454,8 @@ impl PairWriter<'_> {
             clean: clean_rel,
             rainy: rainy_rel,
             split: split_for(id, self.cfg.split),
-            method: "physical".into(),
-            preset: Some(self.preset.to_string()),
+            method: method.into(),
+            preset,
             seed,
             rain,
             width: w,
@@ -441,11 +505,31 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary> {
         .filter(|it| !done_ids.contains(it.id()))
         .collect();
 
-    let RainMethod::Physical { preset, params } = &cfg.method;
+    let rainer = match &cfg.method {
+        RainMethod::Physical { preset, params } => Rainer::Physical {
+            params,
+            preset: *preset,
+        },
+        RainMethod::Cyclegan { model, hash } => {
+            use crate::cyclegan::translate::{load_for, Direction};
+            let generator = load_for(model, Direction::ClearToRainy, &candle_core::Device::Cpu)?;
+            let g = generator.config();
+            let about = serde_json::json!({
+                "model": model.display().to_string(),
+                "config_hash": hash,
+                "direction": "clear2rainy",
+                "ngf": g.ngf,
+                "blocks": g.blocks,
+            });
+            Rainer::Cyclegan {
+                generator: Box::new(generator),
+                about,
+            }
+        }
+    };
     let writer = PairWriter {
         cfg,
-        params,
-        preset: *preset,
+        rainer,
         journal: Journal::open(&cfg.out)?,
     };
     let pb = crate::progress::bar(todo.len() as u64, "generating", cfg.progress);
@@ -541,8 +625,11 @@ fn generate_from_video(
     use crate::video::{VideoReader, VideoSource};
     let mut reader = VideoReader::open(&VideoSource::File(cfg.clear.clone()))?;
     let (w, h) = cfg.size.unwrap_or((reader.width, reader.height));
-    let RainMethod::Physical { params, .. } = &cfg.method;
-    let renderer = RainRenderer::new(params, w, h, cfg.seed)?;
+    // One renderer for the whole clip (temporally coherent rain); a CycleGAN needs none.
+    let renderer = match &cfg.method {
+        RainMethod::Physical { params, .. } => Some(RainRenderer::new(params, w, h, cfg.seed)?),
+        RainMethod::Cyclegan { .. } => None,
+    };
     let wanted: std::collections::HashMap<u64, &str> = todo
         .iter()
         .map(|it| match it {
@@ -564,7 +651,7 @@ fn generate_from_video(
                         id,
                         format!("{name}#{index}"),
                         img,
-                        Some(&renderer),
+                        renderer.as_ref(),
                         index,
                         cfg.seed,
                     );

@@ -59,6 +59,8 @@ pub enum DatasetError {
     #[error(transparent)]
     Rain(#[from] crate::rain::RainError),
     #[error(transparent)]
+    Model(#[from] crate::derain::DerainError),
+    #[error(transparent)]
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]
     Viz(#[from] crate::viz::VizError),

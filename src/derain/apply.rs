@@ -39,47 +39,60 @@ fn path_err(path: &Path, why: impl Into<String>) -> DerainError {
 }
 
 pub fn run(job: &DerainJob) -> Result<DerainSummary> {
-    let input = &job.input;
-    if !input.exists() {
-        return Err(path_err(input, "no such file or folder"));
-    }
-    if job.out.exists() && !job.out.is_dir() {
-        return Err(path_err(
-            &job.out,
-            "exists and is not a folder (--out takes a folder)",
-        ));
-    }
+    check_paths(&job.input, &job.out)?;
     let m = load(
         &job.model,
         job.arch.as_deref(),
         job.preset.as_deref(),
         &job.device,
     )?;
-    std::fs::create_dir_all(&job.out).map_err(|source| DerainError::Io {
-        path: job.out.clone(),
+    let tiling = job.tiles.resolve(&m.config);
+    map_media(
+        &job.input,
+        &job.out,
+        "de-raining",
+        job.progress,
+        &mut |img, path| {
+            check_size(&m, img, path)?;
+            super::derain_image(&m.model, img, &job.device, tiling)
+        },
+    )
+}
+
+/// Applies `f` (an image and the file it came from → the output image) to one image, a folder of
+/// images (outputs `OUT/STEM.png`) or a video's frames (`OUT/STEM.<ext>`, same fps and size),
+/// with a progress bar; the summary's time per frame is `f`'s alone.
+pub fn map_media(
+    input: &Path,
+    out: &Path,
+    verb: &'static str,
+    progress: bool,
+    f: &mut dyn FnMut(&image_io::RgbImage, &Path) -> Result<image_io::RgbImage>,
+) -> Result<DerainSummary> {
+    check_paths(input, out)?;
+    std::fs::create_dir_all(out).map_err(|source| DerainError::Io {
+        path: out.to_path_buf(),
         source,
     })?;
-    let tiling = job.tiles.resolve(&m.config);
     let mut model_s = 0.0;
     let mut outputs = Vec::new();
     if input.is_dir() || image_io::is_image_path(input) {
         let images: Vec<(String, PathBuf)> = if input.is_dir() {
             image_io::images_by_stem(input)?.into_iter().collect()
         } else {
-            vec![(image_io::stem(input)?, input.clone())]
+            vec![(image_io::stem(input)?, input.to_path_buf())]
         };
         if images.is_empty() {
             return Err(path_err(input, "contains no PNG or JPEG images"));
         }
-        let pb = crate::progress::bar(images.len() as u64, "de-raining", job.progress);
+        let pb = crate::progress::bar(images.len() as u64, verb, progress);
         for (stem, path) in &images {
             let img = image_io::load_rgb8(path)?;
-            check_size(&m, &img, path)?;
             let t = std::time::Instant::now();
-            let out = super::derain_image(&m.model, &img, &job.device, tiling)?;
+            let result = f(&img, path)?;
             model_s += t.elapsed().as_secs_f64();
-            let dst = job.out.join(format!("{stem}.png"));
-            image_io::save_png(&out, &dst)?;
+            let dst = out.join(format!("{stem}.png"));
+            image_io::save_png(&result, &dst)?;
             outputs.push(dst);
             pb.inc(1);
         }
@@ -91,7 +104,21 @@ pub fn run(job: &DerainJob) -> Result<DerainSummary> {
             ms_per_frame: 1e3 * model_s / frames.max(1) as f64,
         });
     }
-    derain_video(job, &m)
+    map_video(input, out, verb, progress, f)
+}
+
+/// The input exists and the output can be a folder: checked before any model is loaded.
+pub fn check_paths(input: &Path, out: &Path) -> Result<()> {
+    if !input.exists() {
+        return Err(path_err(input, "no such file or folder"));
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(path_err(
+            out,
+            "exists and is not a folder (--out takes a folder)",
+        ));
+    }
+    Ok(())
 }
 
 fn check_size(m: &Loaded, img: &image_io::RgbImage, path: &Path) -> Result<()> {
@@ -111,23 +138,26 @@ fn check_size(m: &Loaded, img: &image_io::RgbImage, path: &Path) -> Result<()> {
 }
 
 #[cfg(feature = "video")]
-fn derain_video(job: &DerainJob, m: &Loaded) -> Result<DerainSummary> {
+fn map_video(
+    input: &Path,
+    out: &Path,
+    verb: &'static str,
+    progress: bool,
+    f: &mut dyn FnMut(&image_io::RgbImage, &Path) -> Result<image_io::RgbImage>,
+) -> Result<DerainSummary> {
     use crate::video::{VideoReader, VideoSource, VideoWriter};
-    let input = &job.input;
     let verr = |e: crate::video::VideoError| path_err(input, e.to_string());
-    let mut reader = VideoReader::open(&VideoSource::File(input.clone())).map_err(verr)?;
-    let out = crate::video::output_path_for(input, &job.out)?;
+    let mut reader = VideoReader::open(&VideoSource::File(input.to_path_buf())).map_err(verr)?;
+    let dst = crate::video::output_path_for(input, out)?;
     let mut writer =
-        VideoWriter::create(&out, reader.fps, reader.width, reader.height).map_err(verr)?;
-    let pb = crate::progress::bar(reader.frame_count, "de-raining", job.progress);
-    let tiling = job.tiles.resolve(&m.config);
+        VideoWriter::create(&dst, reader.fps, reader.width, reader.height).map_err(verr)?;
+    let pb = crate::progress::bar(reader.frame_count, verb, progress);
     let mut model_s = 0.0;
     while let Some(frame) = reader.next_frame().map_err(verr)? {
-        check_size(m, &frame, input)?;
         let t = std::time::Instant::now();
-        let clean = super::derain_image(&m.model, &frame, &job.device, tiling)?;
+        let result = f(&frame, input)?;
         model_s += t.elapsed().as_secs_f64();
-        writer.write(&clean).map_err(verr)?;
+        writer.write(&result).map_err(verr)?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -135,18 +165,24 @@ fn derain_video(job: &DerainJob, m: &Loaded) -> Result<DerainSummary> {
     if frames == 0 {
         return Err(path_err(input, "no decodable frames"));
     }
-    let out = writer.finish().map_err(verr)?;
+    let dst = writer.finish().map_err(verr)?;
     Ok(DerainSummary {
-        outputs: vec![out],
+        outputs: vec![dst],
         frames,
         ms_per_frame: 1e3 * model_s / frames as f64,
     })
 }
 
 #[cfg(not(feature = "video"))]
-fn derain_video(job: &DerainJob, _: &Loaded) -> Result<DerainSummary> {
+fn map_video(
+    input: &Path,
+    _: &Path,
+    _: &'static str,
+    _: bool,
+    _: &mut dyn FnMut(&image_io::RgbImage, &Path) -> Result<image_io::RgbImage>,
+) -> Result<DerainSummary> {
     Err(path_err(
-        &job.input,
+        input,
         "is not a PNG/JPEG image; video input needs the `video` feature",
     ))
 }

@@ -277,6 +277,18 @@ impl Params {
         )
     }
 
+    /// A builder over the current values, detached: a model built from it is not tracked for
+    /// gradients, so inference builds no graph (nothing is held for a backward pass) and the
+    /// convolutions take their bounded-memory path.
+    pub fn frozen_var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        let tensors: HashMap<String, Tensor> = self
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().detach()))
+            .collect();
+        VarBuilder::from_tensors(tensors, DType::F32, device)
+    }
+
     /// Every variable, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
         let data = self.map.data();
@@ -495,10 +507,12 @@ pub fn load(
             path.to_path_buf(),
         )
     };
-    let loaded = build(&config, 0, device)?;
+    let mut loaded = build(&config, 0, device)?;
     loaded
         .params
         .load_strict(read_weights(&weights)?, &weights)?;
+    // For inference: the same weights, untracked.
+    loaded.model = Model::new(&config, loaded.params.frozen_var_builder(device))?;
     Ok(loaded)
 }
 
@@ -596,9 +610,19 @@ fn ramp(i: usize, len: usize, start: usize, n: usize, overlap: usize) -> f32 {
 
 /// De-rains one `(1, 3, h, w)` image, whole or in blended tiles.
 pub fn run_tiled(model: &Model, xs: &Tensor, tiling: Option<Tiling>) -> Result<Tensor> {
+    run_tiled_with(&|t: &Tensor| model.forward(t), xs, tiling)
+}
+
+/// Runs any image-to-image network `net` (`(1, 3, h, w)` → the same shape) over one image, whole
+/// or in tiles blended with linear ramps across their overlaps.
+pub fn run_tiled_with(
+    net: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    xs: &Tensor,
+    tiling: Option<Tiling>,
+) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
     let Some(t) = tiling.filter(|t| h > t.size || w > t.size) else {
-        return Ok(model.forward(xs)?);
+        return Ok(net(xs)?);
     };
     if t.overlap >= t.size {
         return Err(DerainError::Usage(format!(
@@ -612,8 +636,7 @@ pub fn run_tiled(model: &Model, xs: &Tensor, tiling: Option<Tiling>) -> Result<T
         for &x0 in &tile_starts(w, t.size, t.overlap) {
             let (th, tw) = (t.size.min(h), t.size.min(w));
             let tile = xs.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
-            let out: Vec<f32> = model
-                .forward(&tile)?
+            let out: Vec<f32> = net(&tile)?
                 .to_device(&Device::Cpu)?
                 .flatten_all()?
                 .to_vec1()?;
@@ -645,8 +668,19 @@ pub fn derain_image(
     device: &Device,
     tiling: Option<Tiling>,
 ) -> Result<RgbImage> {
+    map_image(&|t: &Tensor| model.forward(t), img, device, tiling)
+}
+
+/// Runs an image-to-image network (on `(1, 3, h, w)` tensors in [0, 1]) over an RGB8 image at
+/// full resolution, whole or in blended tiles.
+pub fn map_image(
+    net: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    img: &RgbImage,
+    device: &Device,
+    tiling: Option<Tiling>,
+) -> Result<RgbImage> {
     let xs = image_io::rgb8_to_tensor(img, device)?.unsqueeze(0)?;
-    let out = run_tiled(model, &xs, tiling)?;
+    let out = run_tiled_with(net, &xs, tiling)?;
     Ok(image_io::tensor_to_rgb8(
         &out.squeeze(0)?.clamp(0f32, 1f32)?,
     )?)

@@ -9,7 +9,7 @@
 
 mod conv;
 
-pub use conv::Conv2d;
+pub use conv::{Conv2d, ConvTranspose2d};
 
 use candle_core::{DType, Device, Result, Tensor, D};
 

@@ -1,0 +1,100 @@
+//! `raincheck translate`: runs a CycleGAN generator over one image, a folder of images or a
+//! video at full resolution (reflect-padded to multiples of 4 and cropped back; optionally in
+//! blended tiles), clear → rainy by default.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::{load_generator, Generator};
+use crate::derain::apply::{check_paths, map_media, DerainSummary};
+use crate::derain::{map_image, DerainError, Result, Tiling};
+
+/// Which generator of a run folder to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Clear → rainy (the reference's `G_A`).
+    ClearToRainy,
+    /// Rainy → clear (`G_B`).
+    RainyToClear,
+}
+
+pub struct TranslateJob {
+    /// A run folder of `raincheck train cyclegan`, or a generator weight file (`.pth` state dict
+    /// of the reference implementation, or `.safetensors`).
+    pub model: PathBuf,
+    pub direction: Direction,
+    pub input: PathBuf,
+    pub out: PathBuf,
+    pub device: Device,
+    /// Tiles of this size (0: whole frames) overlapping by `overlap`.
+    pub tile: usize,
+    pub overlap: usize,
+    pub progress: bool,
+}
+
+/// The generator file of a run folder for a direction.
+pub fn generator_file(run: &Path, direction: Direction) -> PathBuf {
+    run.join(match direction {
+        Direction::ClearToRainy => super::train::G_CLEAR_TO_RAINY,
+        Direction::RainyToClear => super::train::G_RAINY_TO_CLEAR,
+    })
+}
+
+/// Loads the generator a `--model` argument names: a run folder (its config is checked against
+/// the weights) or a weight file.
+pub fn load_for(model: &Path, direction: Direction, device: &Device) -> Result<Generator> {
+    if model.is_dir() {
+        let cfg = super::train::RunConfig::read(model)?;
+        let file = generator_file(model, direction);
+        Ok(load_generator(&file, Some(cfg.generator), device)?.generator)
+    } else {
+        Ok(load_generator(model, None, device)?.generator)
+    }
+}
+
+/// Translates one RGB8 image (at least 8x8).
+pub fn translate_image(
+    g: &Generator,
+    img: &crate::image_io::RgbImage,
+    device: &Device,
+    tiling: Option<Tiling>,
+) -> Result<crate::image_io::RgbImage> {
+    map_image(&|t: &Tensor| g.translate(t), img, device, tiling)
+}
+
+pub fn run(job: &TranslateJob) -> Result<DerainSummary> {
+    check_paths(&job.input, &job.out)?;
+    let g = load_for(&job.model, job.direction, &job.device)?;
+    let tiling = (job.tile > 0).then_some(Tiling {
+        size: job.tile,
+        overlap: job.overlap,
+    });
+    if let Some(t) = tiling {
+        if t.size < 8 || t.overlap >= t.size {
+            return Err(DerainError::Usage(format!(
+                "--tile {} must be at least 8 and larger than --overlap {}",
+                t.size, t.overlap
+            )));
+        }
+    }
+    map_media(
+        &job.input,
+        &job.out,
+        "translating",
+        job.progress,
+        &mut |img, path| {
+            if img.width() < 8 || img.height() < 8 {
+                return Err(DerainError::File {
+                    path: path.to_path_buf(),
+                    why: format!(
+                        "is {}x{}; the CycleGAN generator needs at least 8x8",
+                        img.width(),
+                        img.height()
+                    ),
+                });
+            }
+            translate_image(&g, img, &job.device, tiling)
+        },
+    )
+}
