@@ -18,6 +18,7 @@ fn rand(shape: (usize, usize, usize, usize)) -> Tensor {
 }
 
 fn bench(c: &mut Criterion) {
+    raincheck::alloc::keep_freed_memory();
     let mut g = c.benchmark_group("derain");
     g.sample_size(10);
     let frame = rand((1, 3, 540, 960));
@@ -33,8 +34,10 @@ fn bench(c: &mut Criterion) {
     ] {
         let cfg = ModelConfig::preset(arch, "tiny").unwrap();
         let m = derain::build(&cfg, 0, &Device::Cpu).unwrap();
+        // Inference as `raincheck derain` runs it: the same weights, untracked.
+        let frozen = derain::Model::new(&cfg, m.params.frozen_var_builder(&Device::Cpu)).unwrap();
         g.bench_function(format!("{arch}_tiny/infer_960x540"), |b| {
-            b.iter(|| derain::run_tiled(&m.model, &frame, tiling).unwrap())
+            b.iter(|| derain::run_tiled(&frozen, &frame, tiling).unwrap())
         });
         let mut optim = AdamW::new(m.params.vars(), 1e-4).unwrap();
         let (x, y) = (rand((8, 3, 128, 128)), rand((8, 3, 128, 128)));

@@ -4,6 +4,7 @@
 //! [`image_io`] and [`video`] are the only places pixels enter or leave; [`viz`] is the Rerun
 //! sink every stage logs through. See ARCHITECTURE.md for the module map and its invariants.
 
+pub mod alloc;
 pub mod cyclegan;
 pub mod dataset;
 pub mod derain;

@@ -121,6 +121,9 @@ struct TrainCycleganArgs {
     /// Generator residual blocks [default: 6; the reference uses 9 for 256 px].
     #[arg(long)]
     blocks: Option<usize>,
+    /// Discriminator filters [default: 64].
+    #[arg(long)]
+    ndf: Option<usize>,
     /// Images per step from each domain [default: 1].
     #[arg(long)]
     batch: Option<usize>,
@@ -159,6 +162,7 @@ impl TrainCycleganArgs {
         }
         take!(
             clear,
+            ndf,
             rainy,
             steps,
             size,
@@ -848,6 +852,7 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    raincheck::alloc::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     if let Some(n) = cli.threads {

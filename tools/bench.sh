@@ -29,3 +29,8 @@ python3 tools/bench_table.py metrics "$peer_json" "$machine"
 cargo bench --bench derain >&2
 peer_json=$(.venv/bin/python tools/bench_derain_torch.py --reps 10)
 python3 tools/bench_table.py derain "$peer_json" "$machine"
+
+# 4. CycleGAN (criterion) and the PyTorch reference networks, all cores for both.
+cargo bench --bench cyclegan >&2
+peer_json=$(.venv/bin/python tools/bench_cyclegan_torch.py --reps 3)
+python3 tools/bench_table.py cyclegan "$peer_json" "$machine"

@@ -4,6 +4,7 @@
     tools/bench_table.py rain PEER_JSON MACHINE
     tools/bench_table.py metrics PEER_JSON MACHINE
     tools/bench_table.py derain PEER_JSON MACHINE
+    tools/bench_table.py cyclegan PEER_JSON MACHINE
 
 (tools/bench.sh runs the benchmarks and calls this.)
 """
@@ -60,7 +61,21 @@ def derain(peer, machine):
            f"{old:.1f} ms | raincheck's im2col conv: {new:.1f} ms | {old / new:.2f}x")
 
 
+def cyclegan(peer, machine):
+    g = "cyclegan"
+    torch = peer["peer"]
+    rows = [
+        ("CycleGAN training step (batch 1, 128x128, ngf 64, 6 blocks, two PatchGANs, Adam)", "train_step_b1_128"),
+        ("CycleGAN generator (ngf 64, 9 blocks), translate one 960x540 frame", "translate_960x540"),
+    ]
+    for what, bench in rows:
+        ours = median_ms(g, bench)
+        theirs = peer[f"cyclegan/{bench}"]
+        yield (f"{what}, all cores | criterion `{g}/{bench}` | {machine} | {ours:.0f} ms | "
+               f"{torch} reference networks: {theirs:.0f} ms | {theirs / ours:.2f}x")
+
+
 if __name__ == "__main__":
     kind, peer, machine = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    for line in {"rain": rain, "metrics": metrics, "derain": derain}[kind](peer, machine):
+    for line in {"rain": rain, "metrics": metrics, "derain": derain, "cyclegan": cyclegan}[kind](peer, machine):
         print(f"| {line} |")

@@ -312,6 +312,14 @@ struct Pool {
 }
 
 impl Pool {
+    /// Empty pools for the clear and the rainy domain.
+    fn pair(cap: usize) -> [Pool; 2] {
+        std::array::from_fn(|_| Pool {
+            cap,
+            images: Vec::new(),
+        })
+    }
+
     /// One `(1, 3, s, s)` fake per batch item in, the batch the discriminator sees out.
     fn query(&mut self, fakes: &Tensor, rng: &mut Pcg64Mcg) -> Result<Tensor> {
         if self.cap == 0 {
@@ -568,6 +576,46 @@ fn step(
     ))
 }
 
+/// The state a CycleGAN run changes (networks, optimizers, pools of fakes), stepped by hand: for
+/// custom loops and the benchmarks. [`train`] adds data, checkpoints and logging around it.
+pub struct CycleganTrainer {
+    nets: Nets,
+    pools: [Pool; 2],
+}
+
+impl CycleganTrainer {
+    /// Fresh networks initialised from `o.seed`.
+    pub fn new(o: &CycleganOptions, device: &Device) -> Result<Self> {
+        Ok(CycleganTrainer {
+            nets: Nets::new(o, device)?,
+            pools: Pool::pair(o.pool),
+        })
+    }
+
+    /// One training step on clear (`real_a`) and rainy (`real_b`) batches in [−1, 1], with the
+    /// learning rates scaled by `lr_factor`; `seed` drives the pools' draws.
+    pub fn step(
+        &mut self,
+        o: &CycleganOptions,
+        real_a: &Tensor,
+        real_b: &Tensor,
+        seed: u64,
+        lr_factor: f64,
+    ) -> Result<Losses> {
+        let mut rng = Pcg64Mcg::seed_from_u64(seed);
+        let (losses, _) = step(
+            &mut self.nets,
+            o,
+            real_a,
+            real_b,
+            &mut self.pools,
+            &mut rng,
+            lr_factor,
+        )?;
+        Ok(losses)
+    }
+}
+
 fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
     out.join("checkpoints").join(format!("step-{step:08}"))
 }
@@ -711,16 +759,7 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
     std::fs::create_dir_all(out.join("checkpoints")).map_err(io_err(out))?;
     std::fs::create_dir_all(out.join("samples")).map_err(io_err(out))?;
     let mut nets = Nets::new(&opts, device)?;
-    let mut pools = [
-        Pool {
-            cap: opts.pool,
-            images: Vec::new(),
-        },
-        Pool {
-            cap: opts.pool,
-            images: Vec::new(),
-        },
-    ];
+    let mut pools = Pool::pair(opts.pool);
     if let Some(ck) = state.checkpoint.filter(|_| run.resume) {
         load_checkpoint(out, ck, &mut nets, &mut pools, device)?;
         state.step = ck;
