@@ -756,8 +756,16 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
             Domain::folder("rainy", &opts.rainy, opts.load_size(), run.progress)?,
         ),
     };
-    std::fs::create_dir_all(out.join("checkpoints")).map_err(io_err(out))?;
+    let checkpoints = out.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).map_err(io_err(out))?;
     std::fs::create_dir_all(out.join("samples")).map_err(io_err(out))?;
+    // A run killed while writing a checkpoint leaves its temporary folder behind.
+    for e in std::fs::read_dir(&checkpoints).map_err(io_err(&checkpoints))? {
+        let p = e.map_err(io_err(&checkpoints))?.path();
+        if p.extension().is_some_and(|x| x == "partial") {
+            std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        }
+    }
     let mut nets = Nets::new(&opts, device)?;
     let mut pools = Pool::pair(opts.pool);
     if let Some(ck) = state.checkpoint.filter(|_| run.resume) {
@@ -986,7 +994,11 @@ mod tests {
         let first = run(&part, tiny(a.clone(), b.clone(), 4), false);
         let state: CycleganState = read_json(&part.join(STATE_FILE)).unwrap();
         assert_eq!(state.checkpoint, Some(4));
+        // A checkpoint folder half-written by a killed run is cleared away.
+        let stale = part.join("checkpoints/step-00000006.partial");
+        std::fs::create_dir_all(&stale).unwrap();
         let second = run(&part, tiny(a, b, 7), true);
+        assert!(!stale.exists());
         let resumed: Vec<Losses> = first
             .history
             .iter()
