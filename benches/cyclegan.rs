@@ -15,7 +15,7 @@ use raincheck::derain::Params;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn bench(c: &mut Criterion) {
-    raincheck::alloc::keep_freed_memory();
+    raincheck::runtime::keep_freed_memory();
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("cyclegan");
     g.sample_size(10);

@@ -18,7 +18,7 @@ fn rand(shape: (usize, usize, usize, usize)) -> Tensor {
 }
 
 fn bench(c: &mut Criterion) {
-    raincheck::alloc::keep_freed_memory();
+    raincheck::runtime::keep_freed_memory();
     let mut g = c.benchmark_group("derain");
     g.sample_size(10);
     let frame = rand((1, 3, 540, 960));

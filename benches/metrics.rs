@@ -27,7 +27,7 @@ fn pair() -> (image_io::RgbImage, image_io::RgbImage) {
 }
 
 fn bench(c: &mut Criterion) {
-    raincheck::alloc::keep_freed_memory();
+    raincheck::runtime::keep_freed_memory();
     let (pred, target) = pair();
     let mut g = c.benchmark_group("metrics_1280x720");
     let one = rayon::ThreadPoolBuilder::new()

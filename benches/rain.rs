@@ -19,7 +19,7 @@ fn frame() -> image_io::RgbImage {
 }
 
 fn bench(c: &mut Criterion) {
-    raincheck::alloc::keep_freed_memory();
+    raincheck::runtime::keep_freed_memory();
     let img = frame();
     let mut g = c.benchmark_group("rain_1280x720");
     g.throughput(Throughput::Elements(1));

@@ -4,7 +4,6 @@
 //! [`image_io`] and [`video`] are the only places pixels enter or leave; [`viz`] is the Rerun
 //! sink every stage logs through. See ARCHITECTURE.md for the module map and its invariants.
 
-pub mod alloc;
 pub mod cyclegan;
 pub mod dataset;
 pub mod derain;
@@ -14,6 +13,7 @@ pub mod metrics;
 pub mod nn;
 pub mod progress;
 pub mod rain;
+pub mod runtime;
 mod simd;
 pub mod synth;
 pub mod train;

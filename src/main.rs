@@ -852,8 +852,12 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    raincheck::alloc::keep_freed_memory();
+    raincheck::runtime::keep_freed_memory();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Train(_)) {
+        // Before any thread starts: inference gains from it, training loses (see the function).
+        raincheck::runtime::prefer_short_spins();
+    }
     init_logging(cli.quiet, cli.verbose);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()

@@ -67,6 +67,13 @@ impl RainMethod {
                             .into(),
                     });
                 }
+                if !model.exists() {
+                    return Err(DatasetError::Path {
+                        path: model,
+                        why: "no such CycleGAN run folder or generator weight file (--rain cyclegan:)"
+                            .into(),
+                    });
+                }
                 let hash = if model.is_dir() {
                     crate::cyclegan::train::RunConfig::read(&model)?.hash()
                 } else {
