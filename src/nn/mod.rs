@@ -4,10 +4,12 @@
 //! (un)shuffle, layer normalisation, and bilinear resampling as two matrix products.
 //!
 //! Everything is built from candle ops that have a backward pass (`index_select`, means,
-//! broadcasts), so gradients reach the inputs; tests check them against finite differences.
+//! broadcasts), so gradients reach the inputs, except the CPU kernels with their own backward
+//! (`conv`, `norm`); tests check them against finite differences and candle's ops.
 //! Shapes: `(b, c, h, w)`.
 
 mod conv;
+mod norm;
 
 pub use conv::{Conv2d, ConvTranspose2d};
 
@@ -49,6 +51,17 @@ pub fn reflection_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
 /// Instance normalisation: each `(b, c)` plane to zero mean and unit (population) variance,
 /// `(x − μ) / sqrt(σ² + eps)`, with no learned scale or shift.
 pub fn instance_norm(xs: &Tensor, eps: f64) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs
+            .contiguous()?
+            .apply_op1(norm::InstanceNorm { plane: h * w, eps });
+    }
+    instance_norm_composite(xs, eps)
+}
+
+/// [`instance_norm`] from candle ops (other devices; the reference for the CPU kernel's tests).
+fn instance_norm_composite(xs: &Tensor, eps: f64) -> Result<Tensor> {
     let (b, c, h, w) = xs.dims4()?;
     let flat = xs.reshape((b, c, h * w))?;
     let mean = flat.mean_keepdim(D::Minus1)?;
@@ -266,6 +279,43 @@ mod tests {
             assert!(m.abs() < 1e-5, "{m}");
             assert!((v - 1.0).abs() < 1e-3, "{v}");
         }
+    }
+
+    /// The CPU kernel and its backward equal the composite of candle ops.
+    #[test]
+    fn instance_norm_kernel_matches_the_composite() {
+        use candle_core::Var;
+        let x0 = Tensor::randn(0.5f32, 2.0, (2, 3, 5, 7), &Device::Cpu).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&x0).unwrap();
+        let a = instance_norm(x.as_tensor(), 1e-5).unwrap();
+        let b = instance_norm_composite(x.as_tensor(), 1e-5).unwrap();
+        assert!(
+            max_abs_diff(&a, &b) < 1e-5,
+            "forward {}",
+            max_abs_diff(&a, &b)
+        );
+        let ga = (&a * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (&b * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (ga, gb) = (
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
+        assert!(
+            max_abs_diff(ga, gb) < 1e-4,
+            "backward {}",
+            max_abs_diff(ga, gb)
+        );
     }
 
     /// Gradients through both layers equal central finite differences of the same loss.
