@@ -5,11 +5,12 @@
 //!
 //! Everything is built from candle ops that have a backward pass (`index_select`, means,
 //! broadcasts), so gradients reach the inputs, except the CPU kernels with their own backward
-//! (`conv`, `norm`); tests check them against finite differences and candle's ops.
+//! (`conv`, `norm`, `pad`); tests check them against finite differences and candle's ops.
 //! Shapes: `(b, c, h, w)`.
 
 mod conv;
 mod norm;
+mod pad;
 
 pub use conv::{Conv2d, ConvTranspose2d};
 
@@ -42,6 +43,21 @@ pub fn reflection_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
             "reflection padding {pad} needs an input larger than {pad}x{pad}, got {w}x{h}"
         );
     }
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1(pad::ReflectPad {
+            rows: reflect_indices(h, pad),
+            cols: reflect_indices(w, pad),
+            h,
+            w,
+        });
+    }
+    reflection_pad2d_composite(xs, pad)
+}
+
+/// [`reflection_pad2d`] from `index_select`s (other devices; the reference for the CPU kernel's
+/// tests).
+fn reflection_pad2d_composite(xs: &Tensor, pad: usize) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
     let dev = xs.device();
     let rows = Tensor::new(reflect_indices(h, pad), dev)?;
     let cols = Tensor::new(reflect_indices(w, pad), dev)?;
@@ -316,6 +332,38 @@ mod tests {
             "backward {}",
             max_abs_diff(ga, gb)
         );
+    }
+
+    /// The CPU reflection-padding kernel and its backward equal the `index_select` composite.
+    #[test]
+    fn reflection_kernel_matches_the_composite() {
+        use candle_core::Var;
+        for (shape, pad) in [((2, 3, 5, 7), 3), ((1, 2, 4, 4), 1), ((1, 1, 9, 2), 1)] {
+            let x0 = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+            let x = Var::from_tensor(&x0).unwrap();
+            let a = reflection_pad2d(x.as_tensor(), pad).unwrap();
+            let b = reflection_pad2d_composite(x.as_tensor(), pad).unwrap();
+            assert_eq!(a.dims(), b.dims());
+            assert_eq!(max_abs_diff(&a, &b), 0.0);
+            let probe = Tensor::randn(0f32, 1.0, a.dims(), &Device::Cpu).unwrap();
+            let ga = (&a * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gb = (&b * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (ga, gb) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            assert!(max_abs_diff(ga, gb) < 1e-5, "{shape:?} pad {pad}");
+        }
     }
 
     /// Gradients through both layers equal central finite differences of the same loss.
