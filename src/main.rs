@@ -201,24 +201,27 @@ struct TranslateArgs {
     /// off the weights).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    media: MediaArgs,
+    /// With a run folder: use the rainy → clear generator instead of clear → rainy.
+    #[arg(long)]
+    reverse: bool,
+    #[command(flatten)]
+    tiles: TileArgs,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Input and output of the commands that map images, folders and videos (`derain`, `translate`).
+#[derive(Args)]
+struct MediaArgs {
     /// An image (PNG/JPEG), a folder of images, or a video file.
     #[arg(long)]
     input: PathBuf,
     /// Output folder.
     #[arg(long, short)]
     out: PathBuf,
-    /// With a run folder: use the rainy → clear generator instead of clear → rainy.
-    #[arg(long)]
-    reverse: bool,
-    /// Process frames in tiles of this many pixels (0: whole frames).
-    #[arg(long, default_value_t = 0, value_name = "PIXELS")]
-    tile: usize,
-    /// Overlap of neighbouring tiles, blended smoothly.
-    #[arg(long, default_value_t = 32, value_name = "PIXELS")]
-    overlap: usize,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 /// Model selection shared by `derain` and `eval --model`.
@@ -264,12 +267,8 @@ struct DerainArgs {
     /// PyTorch .pth such as PReNet's released models, with --arch).
     #[arg(long)]
     model: PathBuf,
-    /// An image (PNG/JPEG), a folder of images, or a video file.
-    #[arg(long)]
-    input: PathBuf,
-    /// Output folder.
-    #[arg(long, short)]
-    out: PathBuf,
+    #[command(flatten)]
+    media: MediaArgs,
     #[command(flatten)]
     model_args: ModelArgs,
 }
@@ -560,6 +559,18 @@ fn rain_params(preset: Preset, set: &[String]) -> anyhow::Result<RainParams> {
     Ok(params)
 }
 
+/// The output paths on stdout, frame count and model time on stderr (`derain`, `translate`).
+fn print_media_summary(s: &raincheck::derain::apply::DerainSummary, net: &str) {
+    for o in &s.outputs {
+        println!("{}", o.display());
+    }
+    tracing::info!(
+        "{} frames, {:.1} ms per frame in the {net}",
+        s.frames,
+        s.ms_per_frame
+    );
+}
+
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -718,21 +729,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 model: a.model.clone(),
                 arch: a.model_args.arch.clone(),
                 preset: a.model_args.preset.clone(),
-                input: a.input,
-                out: a.out,
+                input: a.media.input,
+                out: a.media.out,
                 device: device(&a.model_args.device)?,
                 tiles: a.model_args.tiles.choice(),
                 progress,
             };
             let s = raincheck::derain::apply::run(&job).map_err(derain_err)?;
-            for o in &s.outputs {
-                println!("{}", o.display());
-            }
-            tracing::info!(
-                "{} frames, {:.1} ms per frame in the model",
-                s.frames,
-                s.ms_per_frame
-            );
+            print_media_summary(&s, "model");
         }
         Command::Train(TrainCommand::Derain(a)) => {
             let options = raincheck::train::TrainOptions {
@@ -795,22 +799,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     Direction::ClearToRainy
                 },
-                input: a.input,
-                out: a.out,
+                input: a.media.input,
+                out: a.media.out,
                 device: device(&a.device)?,
-                tile: a.tile,
-                overlap: a.overlap,
+                tiles: a.tiles.choice(),
                 progress,
             };
             let s = translate::run(&job).map_err(derain_err)?;
-            for o in &s.outputs {
-                println!("{}", o.display());
-            }
-            tracing::info!(
-                "{} frames, {:.1} ms per frame in the generator",
-                s.frames,
-                s.ms_per_frame
-            );
+            print_media_summary(&s, "generator");
         }
         Command::Inspect(a) => {
             let target = a.rerun.target().ok_or_else(|| {

@@ -332,6 +332,38 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     image_io::write_atomic(path, text.as_bytes()).map_err(io_err(path))
 }
 
+/// A run folder's progress file, written last at every checkpoint.
+pub(crate) const STATE_FILE: &str = "state.json";
+
+/// The state of the run folder `out` (`state.json`): read when resuming (which needs one); the
+/// default for a fresh run (which must not find one).
+pub(crate) fn open_run_state<S: Default + for<'de> Deserialize<'de>>(
+    out: &Path,
+    resume: bool,
+) -> Result<S> {
+    let path = out.join(STATE_FILE);
+    match (resume, path.is_file()) {
+        (true, true) => read_json(&path),
+        (true, false) => Err(TrainError::Run {
+            path: out.to_path_buf(),
+            why: "has no state.json to resume from (start it without --resume)".into(),
+        }),
+        (false, false) if !path.exists() => Ok(S::default()),
+        (false, _) => Err(TrainError::Run {
+            path: out.to_path_buf(),
+            why: "already holds a training run: --resume it, or choose another --out".into(),
+        }),
+    }
+}
+
+/// Appends one JSON line to `path` (rewritten atomically, so a kill never leaves a torn line).
+pub(crate) fn append_jsonl<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    text.push_str(&serde_json::to_string(v).expect("serialises"));
+    text.push('\n');
+    image_io::write_atomic(path, text.as_bytes()).map_err(io_err(path))
+}
+
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Run {
@@ -444,28 +476,15 @@ pub struct TrainSummary {
 /// Trains (or resumes) a run.
 pub fn train(run: &TrainRun) -> Result<TrainSummary> {
     let out = &run.out;
-    let state_path = out.join("state.json");
     let opts_path = out.join("train.json");
-    let (opts, mut state) = if run.resume {
-        if !state_path.is_file() {
-            return Err(TrainError::Run {
-                path: out.clone(),
-                why: "has no state.json to resume from (start it without --resume)".into(),
-            });
-        }
-        let saved: TrainOptions = read_json(&opts_path)?;
-        let mut opts = saved.clone();
+    let mut state: TrainState = open_run_state(out, run.resume)?;
+    let opts = if run.resume {
+        let mut opts: TrainOptions = read_json(&opts_path)?;
         // Only the length of the run may change on resume.
-        opts.steps = run.options.steps.max(saved.steps);
-        (opts, read_json::<TrainState>(&state_path)?)
+        opts.steps = run.options.steps.max(opts.steps);
+        opts
     } else {
-        if state_path.exists() {
-            return Err(TrainError::Run {
-                path: out.clone(),
-                why: "already holds a training run: --resume it, or choose another --out".into(),
-            });
-        }
-        (run.options.clone(), TrainState::default())
+        run.options.clone()
     };
     opts.validate()?;
     let config = ModelConfig::preset(&opts.arch, &opts.preset)?;
@@ -579,7 +598,7 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
         }
         // A budget stop between validations still leaves a scored checkpoint.
         let out_of_time = deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
-        if step % opts.val_every == 0 || step == opts.steps || out_of_time {
+        if step.is_multiple_of(opts.val_every) || step == opts.steps || out_of_time {
             let elapsed = elapsed_before + started.elapsed().as_secs_f64();
             let v = checkpoint(
                 run,
@@ -682,7 +701,7 @@ fn checkpoint(
     let dropped: Vec<u64> = state.checkpoints.drain(..drop_n).collect();
     state.step = step;
     state.elapsed_s = elapsed_s;
-    write_json(&out.join("state.json"), state)?;
+    write_json(&out.join(STATE_FILE), state)?;
     // Only after the state no longer names them.
     for s in dropped {
         let (a, b) = checkpoint_paths(out, s);
@@ -700,11 +719,7 @@ fn checkpoint(
         elapsed_s,
         val: &v,
     };
-    let log = out.join("log.jsonl");
-    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
-    text.push_str(&serde_json::to_string(&line).expect("serialises"));
-    text.push('\n');
-    image_io::write_atomic(&log, text.as_bytes()).map_err(io_err(&log))?;
+    append_jsonl(&out.join("log.jsonl"), &line)?;
     tracing::info!(
         "step {step}: loss {loss:.4}, val psnr_y {:.2} dB (input {:.2}), ssim_y {:.4} (input {:.4})",
         v.psnr_y,

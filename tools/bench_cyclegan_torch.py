@@ -17,9 +17,7 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +25,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "eval",
                                 "reference"))
 from cyclegan_reference import NLayerDiscriminator, ResnetGenerator  # noqa: E402
+from bench_derain_torch import median_ms  # noqa: E402  (this script's own folder)
 
 LAMBDA_CYCLE = 10.0
 LAMBDA_IDENTITY = 0.5
-
-
-def median_ms(fn, reps, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def lsgan(pred, real):
@@ -106,7 +94,7 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     res = {"peer": f"PyTorch {torch.__version__.split('+')[0]}", "threads": torch.get_num_threads()}
-    res["cyclegan/train_step_b1_128"] = median_ms(cyclegan_step(), a.reps)
+    res["cyclegan/train_step_b1_128"] = median_ms(cyclegan_step(), a.reps, warmup=1)
     g = ResnetGenerator(ngf=64, n_blocks=9).eval()
     frame = torch.rand(1, 3, 540, 960) * 2 - 1
     with torch.inference_mode():

@@ -29,13 +29,14 @@ use super::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig};
 use crate::derain::{self, Params};
 use crate::image_io::{self, RgbImage};
 use crate::rain::mix_seed;
-use crate::train::{io_err, read_json, write_json, AdamW, Result, TrainError};
+use crate::train::{
+    append_jsonl, io_err, open_run_state, write_json, AdamW, Result, TrainError, STATE_FILE,
+};
 use crate::viz::{Recorder, RerunTarget};
 
 pub const G_CLEAR_TO_RAINY: &str = "g_clear2rainy.safetensors";
 pub const G_RAINY_TO_CLEAR: &str = "g_rainy2clear.safetensors";
 const CONFIG_FILE: &str = "config.json";
-const STATE_FILE: &str = "state.json";
 const FORMAT: &str = "raincheck-cyclegan";
 
 /// Everything that determines a training run (`config.json`; also the `--config` TOML file's
@@ -725,27 +726,14 @@ struct LogLine {
 /// Trains (or resumes) a CycleGAN run.
 pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
     let out = &run.out;
-    let state_path = out.join(STATE_FILE);
-    let (opts, mut state) = if run.resume {
-        if !state_path.is_file() {
-            return Err(TrainError::Run {
-                path: out.clone(),
-                why: "has no state.json to resume from (start it without --resume)".into(),
-            });
-        }
-        let cfg = RunConfig::read(out)?;
-        let mut opts = cfg.options;
+    let mut state: CycleganState = open_run_state(out, run.resume)?;
+    let opts = if run.resume {
+        let mut opts = RunConfig::read(out)?.options;
         // Only the length of the run may change on resume.
         opts.steps = run.options.steps.max(opts.steps);
-        (opts, read_json::<CycleganState>(&state_path)?)
+        opts
     } else {
-        if state_path.exists() {
-            return Err(TrainError::Run {
-                path: out.clone(),
-                why: "already holds a training run: --resume it, or choose another --out".into(),
-            });
-        }
-        (run.options.clone(), CycleganState::default())
+        run.options.clone()
     };
     opts.validate()?;
     let device = &run.device;
@@ -850,11 +838,7 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
                 elapsed_s: elapsed,
                 losses: mean,
             };
-            let log = out.join("log.jsonl");
-            let mut text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.push_str(&serde_json::to_string(&line).expect("serialises"));
-            text.push('\n');
-            image_io::write_atomic(&log, text.as_bytes()).map_err(io_err(&log))?;
+            append_jsonl(&out.join("log.jsonl"), &line)?;
             tracing::info!(
                 "step {k}: G_gan {:.3} G_cycle {:.3} G_idt {:.3} D_A {:.3} D_B {:.3}",
                 mean.g_gan,
@@ -874,7 +858,7 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
     }
     Ok(CycleganSummary {
         steps_done: history.len() as u64,
-        step: opts.steps.max(state.step),
+        step: opts.steps,
         last,
         history,
         seconds: started.elapsed().as_secs_f64(),
@@ -884,6 +868,7 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::read_json;
 
     /// Two tiny domains: smooth "clear" scenes and the same with bright streaks.
     fn domains(dir: &Path) -> (PathBuf, PathBuf) {
@@ -926,7 +911,7 @@ mod tests {
         }
     }
 
-    fn run(out: &Path, options: CycleganOptions, resume: bool) -> CycleganSummary {
+    fn try_run(out: &Path, options: CycleganOptions, resume: bool) -> Result<CycleganSummary> {
         train(&CycleganRun {
             out: out.to_path_buf(),
             options,
@@ -935,7 +920,15 @@ mod tests {
             progress: false,
             rerun: None,
         })
-        .unwrap()
+    }
+
+    fn run(out: &Path, options: CycleganOptions, resume: bool) -> CycleganSummary {
+        try_run(out, options, resume).unwrap()
+    }
+
+    /// The error message of a run that must fail.
+    fn run_err(out: &Path, options: CycleganOptions, resume: bool) -> String {
+        try_run(out, options, resume).err().unwrap().to_string()
     }
 
     /// A tiny configuration trains on the CPU with the cycle loss falling, and writes a run
@@ -1019,31 +1012,15 @@ mod tests {
         let (a, _) = domains(dir.path());
         let empty = dir.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
-        let err = train(&CycleganRun {
-            out: dir.path().join("r"),
-            options: tiny(a.clone(), empty.clone(), 2),
-            resume: false,
-            device: Device::Cpu,
-            progress: false,
-            rerun: None,
-        })
-        .err()
-        .unwrap()
-        .to_string();
+        let err = run_err(
+            &dir.path().join("r"),
+            tiny(a.clone(), empty.clone(), 2),
+            false,
+        );
         assert!(err.contains("empty") && err.contains("no PNG"), "{err}");
         let mut o = tiny(a.clone(), a, 2);
         o.size = 30;
-        let err = train(&CycleganRun {
-            out: dir.path().join("r2"),
-            options: o,
-            resume: true,
-            device: Device::Cpu,
-            progress: false,
-            rerun: None,
-        })
-        .err()
-        .unwrap()
-        .to_string();
+        let err = run_err(&dir.path().join("r2"), o, true);
         assert!(err.contains("state.json"), "{err}");
     }
 }

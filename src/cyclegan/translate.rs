@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use super::{load_generator, Generator};
 use crate::derain::apply::{check_paths, map_media, DerainSummary};
-use crate::derain::{map_image, DerainError, Result, Tiling};
+use crate::derain::{map_image, DerainError, Result, TileChoice, Tiling};
 
 /// Which generator of a run folder to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,9 +27,8 @@ pub struct TranslateJob {
     pub input: PathBuf,
     pub out: PathBuf,
     pub device: Device,
-    /// Tiles of this size (0: whole frames) overlapping by `overlap`.
-    pub tile: usize,
-    pub overlap: usize,
+    /// Tiling of large frames (whole frames unless a size is given).
+    pub tiles: TileChoice,
     pub progress: bool,
 }
 
@@ -66,9 +65,9 @@ pub fn translate_image(
 pub fn run(job: &TranslateJob) -> Result<DerainSummary> {
     check_paths(&job.input, &job.out)?;
     let g = load_for(&job.model, job.direction, &job.device)?;
-    let tiling = (job.tile > 0).then_some(Tiling {
-        size: job.tile,
-        overlap: job.overlap,
+    let tiling = job.tiles.size.filter(|&size| size > 0).map(|size| Tiling {
+        size,
+        overlap: job.tiles.overlap,
     });
     if let Some(t) = tiling {
         if t.size < 8 || t.overlap >= t.size {

@@ -59,17 +59,19 @@ pub fn run(job: &DerainJob) -> Result<DerainSummary> {
     )
 }
 
-/// Applies `f` (an image and the file it came from → the output image) to one image, a folder of
-/// images (outputs `OUT/STEM.png`) or a video's frames (`OUT/STEM.<ext>`, same fps and size),
-/// with a progress bar; the summary's time per frame is `f`'s alone.
+/// What [`map_media`] applies: an image and the file it came from → the output image.
+pub type FrameFn<'a> = dyn FnMut(&image_io::RgbImage, &Path) -> Result<image_io::RgbImage> + 'a;
+
+/// Applies `f` to one image, a folder of images (outputs `OUT/STEM.png`) or a video's frames
+/// (`OUT/STEM.<ext>`, same fps and size), with a progress bar; the summary's time per frame is
+/// `f`'s alone. Callers check the paths with [`check_paths`] first, before loading a model.
 pub fn map_media(
     input: &Path,
     out: &Path,
     verb: &'static str,
     progress: bool,
-    f: &mut dyn FnMut(&image_io::RgbImage, &Path) -> Result<image_io::RgbImage>,
+    f: &mut FrameFn,
 ) -> Result<DerainSummary> {
-    check_paths(input, out)?;
     std::fs::create_dir_all(out).map_err(|source| DerainError::Io {
         path: out.to_path_buf(),
         source,
@@ -143,7 +145,7 @@ fn map_video(
     out: &Path,
     verb: &'static str,
     progress: bool,
-    f: &mut dyn FnMut(&image_io::RgbImage, &Path) -> Result<image_io::RgbImage>,
+    f: &mut FrameFn,
 ) -> Result<DerainSummary> {
     use crate::video::{VideoReader, VideoSource, VideoWriter};
     let verr = |e: crate::video::VideoError| path_err(input, e.to_string());
@@ -179,7 +181,7 @@ fn map_video(
     _: &Path,
     _: &'static str,
     _: bool,
-    _: &mut dyn FnMut(&image_io::RgbImage, &Path) -> Result<image_io::RgbImage>,
+    _: &mut FrameFn,
 ) -> Result<DerainSummary> {
     Err(path_err(
         input,

@@ -10,6 +10,8 @@
 //! `(cout, c·kh·kw) × (c·kh·kw, b·oh·ow)` covers the whole batch.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+
+use super::contiguous_f32;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -207,16 +209,6 @@ struct Im2Col(Geometry);
 
 /// The adjoint of [`Im2Col`]: folds `(c·k·k, b·oh·ow)` back into `(b, c, h, w)`, summing overlaps.
 struct Col2Im(Geometry);
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{what}: only f32 is supported");
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
-}
 
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
@@ -514,16 +506,8 @@ mod tests {
             }
             // The loss is linear in x and in w: a unit step changes it by exactly the gradient.
             for (name, v) in [("x", &x), ("w", &wt)] {
-                let grad: Vec<f32> = g1
-                    .get(v.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                assert_eq!(grad.len(), v.elem_count(), "d{name} {case}");
-                let base: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-                let loss = |t: Tensor| -> f32 {
+                let grad = g1.get(v.as_tensor()).unwrap();
+                assert_unit_steps(v, grad, 7, 1e-3, &format!("d{name} {case}"), |t| {
                     let (xx, ww) = if name == "x" {
                         (t, wt.as_tensor().clone())
                     } else {
@@ -538,23 +522,38 @@ mod tests {
                         .unwrap()
                         .to_scalar()
                         .unwrap()
-                };
-                let l0 = loss(v.as_tensor().clone());
-                for i in (0..base.len())
-                    .step_by(base.len() / 7 + 1)
-                    .chain([base.len() - 1])
-                {
-                    let mut p = base.clone();
-                    p[i] += 1.0;
-                    let l1 = loss(Tensor::from_vec(p, v.dims(), &Device::Cpu).unwrap());
-                    assert!(
-                        ((l1 - l0) - grad[i]).abs() < 1e-3,
-                        "d{name}[{i}] {case}: {} vs {}",
-                        l1 - l0,
-                        grad[i]
-                    );
-                }
+                });
             }
+        }
+    }
+
+    /// For a loss linear in `v`, a unit step of one element changes it by exactly that element's
+    /// gradient: checked for `samples` elements spread over `v` and its last one.
+    fn assert_unit_steps(
+        v: &Var,
+        grad: &Tensor,
+        samples: usize,
+        tol: f32,
+        what: &str,
+        loss: impl Fn(Tensor) -> f32,
+    ) {
+        let grad: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(grad.len(), v.elem_count(), "{what}");
+        let base: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let l0 = loss(v.as_tensor().clone());
+        for i in (0..base.len())
+            .step_by(base.len() / samples + 1)
+            .chain([base.len() - 1])
+        {
+            let mut p = base.clone();
+            p[i] += 1.0;
+            let l1 = loss(Tensor::from_vec(p, v.dims(), &Device::Cpu).unwrap());
+            assert!(
+                ((l1 - l0) - grad[i]).abs() < tol,
+                "{what}[{i}]: {} vs {}",
+                l1 - l0,
+                grad[i]
+            );
         }
     }
 
@@ -610,35 +609,20 @@ mod tests {
                     .to_scalar()
                     .unwrap()
             };
-            let l0 = loss(x.as_tensor(), wt.as_tensor(), bias.as_tensor());
             for (which, v) in [(0, &x), (1, &wt), (2, &bias)] {
-                let grad: Vec<f32> = grads
-                    .get(v.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let base: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-                for i in (0..base.len())
-                    .step_by(base.len() / 9 + 1)
-                    .chain([base.len() - 1])
-                {
-                    let mut p = base.clone();
-                    p[i] += 1.0;
-                    let t = Tensor::from_vec(p, v.dims(), &Device::Cpu).unwrap();
-                    let l1 = match which {
+                let grad = grads.get(v.as_tensor()).unwrap();
+                assert_unit_steps(
+                    v,
+                    grad,
+                    9,
+                    2e-3,
+                    &format!("grad {which} {case}"),
+                    |t| match which {
                         0 => loss(&t, wt.as_tensor(), bias.as_tensor()),
                         1 => loss(x.as_tensor(), &t, bias.as_tensor()),
                         _ => loss(x.as_tensor(), wt.as_tensor(), &t),
-                    };
-                    assert!(
-                        ((l1 - l0) - grad[i]).abs() < 2e-3,
-                        "grad {which}[{i}] {case}: {} vs {}",
-                        l1 - l0,
-                        grad[i]
-                    );
-                }
+                    },
+                );
             }
         }
     }

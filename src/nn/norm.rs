@@ -5,15 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("instance norm: only f32 is supported");
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("instance norm: the input must be contiguous"),
-    }
-}
+use super::contiguous_f32;
 
 /// Mean and 1/sqrt(variance + eps) of a plane (population variance, f64 sums).
 fn plane_stats(x: &[f32], eps: f64) -> (f32, f32) {
@@ -35,7 +27,7 @@ impl CustomOp1 for InstanceNorm {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "instance norm")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(self.plane)
             .zip(x.par_chunks(self.plane))
@@ -48,8 +40,7 @@ impl CustomOp1 for InstanceNorm {
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let _ = res;
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = arg.contiguous()?.apply_op2_no_bwd(
             &grad.contiguous()?,
             &InstanceNormGrad {
@@ -80,8 +71,8 @@ impl CustomOp2 for InstanceNormGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let g = f32_slice(s2, l2)?;
+        let x = contiguous_f32(s1, l1, "instance norm")?;
+        let g = contiguous_f32(s2, l2, "instance norm")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(self.plane)
             .zip(x.par_chunks(self.plane).zip(g.par_chunks(self.plane)))

@@ -6,6 +6,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous_f32;
+
 /// Pads `(b, c, h, w)` by `pad` on every side; `rows`/`cols` map each output row/column to the
 /// input one it copies (`reflect_indices`).
 pub(super) struct ReflectPad {
@@ -15,23 +17,13 @@ pub(super) struct ReflectPad {
     pub w: usize,
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("reflection padding: only f32 is supported");
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("reflection padding: the input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for ReflectPad {
     fn name(&self) -> &'static str {
         "raincheck-reflection-pad"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "reflection padding")?;
         let (h, w, oh, ow) = (self.h, self.w, self.rows.len(), self.cols.len());
         let dims = layout.dims();
         let mut out = vec![0f32; x.len() / (h * w) * oh * ow];
@@ -78,7 +70,7 @@ impl CustomOp1 for ReflectPadGrad {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = f32_slice(storage, layout)?;
+        let g = contiguous_f32(storage, layout, "reflection padding")?;
         let (h, w, oh, ow) = (self.h, self.w, self.rows.len(), self.cols.len());
         let dims = layout.dims();
         let mut out = vec![0f32; g.len() / (oh * ow) * h * w];
