@@ -69,6 +69,15 @@ enum Command {
     ///
     /// Outputs go to OUT keeping each input's file stem (STEM.png, or the video's container).
     Translate(TranslateArgs),
+    /// De-rain a video, a camera (camera:N), a stream URL or an image folder through a
+    /// threaded pipeline, with live stats and the Rerun viewer.
+    ///
+    /// Stages (decode, preprocess, model, postprocess, sinks) run on their own threads joined by
+    /// bounded queues. Files are processed frame by frame in order; with --realtime (default
+    /// for cameras and URLs) the oldest waiting frames are dropped when the model falls behind.
+    /// Ctrl-C finishes the frames in flight and finalises the video, the recording and the
+    /// stats. A summary goes to stdout; --stats-json writes it as JSON.
+    Stream(StreamArgs),
 }
 
 #[derive(Subcommand)]
@@ -400,6 +409,63 @@ struct RainArgs {
     /// Print the full parameters (after --preset and --set) as JSON and exit.
     #[arg(long)]
     print_params: bool,
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    /// A video file, camera:N (V4L2), a stream URL, or a folder of images (sorted by name).
+    input: String,
+    /// A run folder (from `raincheck train derain`) or a weight file (with --arch).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    /// Model dtype (f16/bf16 are meant for CUDA; on the CPU they are slow).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
+    /// Output video (same fps and size as the source; .mp4, .avi (MJPG) or .mkv (FFV1)).
+    #[arg(long, value_name = "OUT.mp4")]
+    out: Option<PathBuf>,
+    /// Also write every de-rained frame as DIR/frame_NNNNNN.png.
+    #[arg(long, value_name = "DIR")]
+    frames_dir: Option<PathBuf>,
+    /// The output video shows rainy | de-rained side by side (twice as wide).
+    #[arg(long)]
+    side_by_side: bool,
+    #[command(flatten)]
+    rerun: RerunArgs,
+    /// Log images to Rerun every N-th frame (scalars go every frame).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rerun_images_every: u64,
+    /// Drop the oldest waiting frames when the model falls behind (default for cameras and
+    /// URLs); a file is then read at its own frame rate, like a camera.
+    #[arg(long, conflicts_with = "every_frame")]
+    realtime: bool,
+    /// Process every frame even from a camera or URL (no drops; latency grows instead).
+    #[arg(long)]
+    every_frame: bool,
+    /// Stop after this many decoded frames.
+    #[arg(long, value_name = "N")]
+    max_frames: Option<u64>,
+    /// Process frames at WIDTHxHEIGHT (outputs keep the source's size).
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    resize: Option<(u32, u32)>,
+    /// Render physical rain (this preset, temporally coherent) onto clear input before the
+    /// de-rainer, and score rainy and de-rained frames against the clear ones.
+    #[arg(long, value_enum, value_name = "PRESET")]
+    add_rain: Option<Preset>,
+    /// Overrides of --add-rain's parameters (as `raincheck rain --set`).
+    #[arg(long = "rain-set", value_name = "KEY=VALUE", requires = "add_rain")]
+    rain_set: Vec<String>,
+    /// Seed of the added rain.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the summary as JSON here.
+    #[arg(long, value_name = "FILE.json")]
+    stats_json: Option<PathBuf>,
+    /// Capacity of each queue between stages (frames).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    queue: u64,
 }
 
 #[derive(Args)]
@@ -808,6 +874,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let s = translate::run(&job).map_err(derain_err)?;
             print_media_summary(&s, "generator");
         }
+        Command::Stream(a) => stream(a, progress)?,
         Command::Inspect(a) => {
             let target = a.rerun.target().ok_or_else(|| {
                 usage("say where the recording goes: --save FILE.rrd, --connect [URL] or --spawn")
@@ -845,6 +912,72 @@ fn init_logging(quiet: bool, verbose: u8) {
         .with_target(false)
         .without_time()
         .init();
+}
+
+#[cfg(feature = "video")]
+fn stream(a: StreamArgs, progress: bool) -> anyhow::Result<()> {
+    use raincheck::stream::{self, AddRain, ModelSpec, StreamError, StreamJob};
+    use std::sync::atomic::Ordering;
+    let stream_err = |e: StreamError| match e {
+        StreamError::Usage(_) => usage(e),
+        StreamError::Derain(e) => derain_err(e),
+        e => e.into(),
+    };
+    let spec = ModelSpec {
+        model: a.model,
+        arch: a.model_args.arch.clone(),
+        preset: a.model_args.preset.clone(),
+        device: device(&a.model_args.device)?,
+        dtype: stream::dtype_from_name(&a.dtype).map_err(stream_err)?,
+        tiles: a.model_args.tiles.choice(),
+    };
+    let mut job = StreamJob::new(a.input);
+    job.out = a.out;
+    job.frames_dir = a.frames_dir;
+    job.side_by_side = a.side_by_side;
+    job.rerun = a.rerun.target();
+    job.rerun_jpeg_quality = a.rerun.rerun_jpeg_quality;
+    job.rerun_images_every = a.rerun_images_every;
+    job.realtime = if a.realtime {
+        Some(true)
+    } else if a.every_frame {
+        Some(false)
+    } else {
+        None
+    };
+    job.max_frames = a.max_frames;
+    job.resize = a.resize;
+    job.add_rain = match a.add_rain {
+        Some(preset) => Some(AddRain {
+            params: rain_params(preset, &a.rain_set)?,
+            seed: a.seed,
+        }),
+        None => None,
+    };
+    job.stats_json = a.stats_json;
+    job.queue = a.queue as usize;
+    job.progress = progress;
+    // Ctrl-C (or SIGTERM) once: finish the frames in flight and finalise every output.
+    // Twice: quit at once.
+    let stop = job.stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("interrupted twice: quitting without finalising");
+            std::process::exit(130);
+        }
+        eprintln!("stopping: finishing the frames in flight (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let stats = stream::run(&job, || spec.load(), None).map_err(stream_err)?;
+    print!("{}", stats.render_text());
+    Ok(())
+}
+
+#[cfg(not(feature = "video"))]
+fn stream(_: StreamArgs, _: bool) -> anyhow::Result<()> {
+    Err(usage(
+        "`stream` needs the `video` feature (OpenCV); this raincheck was built without it",
+    ))
 }
 
 fn main() -> ExitCode {

@@ -256,6 +256,40 @@ pub fn rgb8_to_mat(img: &RgbImage) -> Result<Mat> {
     Ok(bgr)
 }
 
+/// Resizes an RGB8 image to `width`x`height` with OpenCV (area averaging when shrinking,
+/// bilinear when enlarging).
+pub fn resize_rgb8(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    if img.dimensions() == (width, height) {
+        return Ok(img.clone());
+    }
+    let (w, h) = img.dimensions();
+    let ctx = || format!("resize {w}x{h} -> {width}x{height}");
+    let mut src = cv(
+        Mat::new_rows_cols_with_default(h as i32, w as i32, opencv::core::CV_8UC3, 0.into()),
+        ctx,
+    )?;
+    cv(src.data_bytes_mut(), ctx)?.copy_from_slice(img.as_raw());
+    let shrink = u64::from(width) * u64::from(height) < u64::from(w) * u64::from(h);
+    let mut dst = Mat::default();
+    cv(
+        imgproc::resize(
+            &src,
+            &mut dst,
+            Size::new(width as i32, height as i32),
+            0.0,
+            0.0,
+            if shrink {
+                imgproc::INTER_AREA
+            } else {
+                imgproc::INTER_LINEAR
+            },
+        ),
+        ctx,
+    )?;
+    let bytes = cv(dst.data_bytes(), ctx)?;
+    Ok(RgbImage::from_raw(width, height, bytes.to_vec()).expect("resize keeps 3 channels"))
+}
+
 /// BGR `Mat` → `(3, h, w)` f32 tensor in [0, 1].
 pub fn mat_to_tensor(mat: &Mat, device: &Device) -> Result<Tensor> {
     Ok(image_io::rgb8_to_tensor(&mat_to_rgb8(mat)?, device)?)
@@ -495,6 +529,16 @@ mod tests {
         let t = mat_to_tensor(&mat, &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[3, 5, 7]);
         assert_eq!(mat_to_rgb8(&tensor_to_mat(&t).unwrap()).unwrap(), img);
+    }
+
+    #[test]
+    fn resizes_without_changing_flat_colours() {
+        let img = RgbImage::from_pixel(40, 30, image::Rgb([10, 120, 250]));
+        for (w, h) in [(20, 15), (64, 48), (40, 30)] {
+            let r = resize_rgb8(&img, w, h).unwrap();
+            assert_eq!(r.dimensions(), (w, h));
+            assert!(r.pixels().all(|p| p.0 == [10, 120, 250]));
+        }
     }
 
     #[test]

@@ -25,6 +25,26 @@ pub mod paths {
     pub const EVAL_GRID: &str = "eval/grid";
     /// Timeline of `raincheck eval`: the image's index (sorted by id).
     pub const TIMELINE_IMAGE: &str = "image";
+    /// `raincheck stream`: the frame the model saw (rain added with `--add-rain`).
+    pub const CAMERA_RAINY: &str = "camera/rainy";
+    /// `raincheck stream`: the de-rained frame.
+    pub const CAMERA_DERAINED: &str = "camera/derained";
+    /// `raincheck stream --add-rain`: the frame as decoded, before the rain.
+    pub const CAMERA_CLEAN: &str = "camera/clean";
+    /// `raincheck stream --add-rain`: `metrics/psnr_y/rainy` and `metrics/psnr_y/derained`.
+    pub const METRICS_PSNR_Y: &str = "metrics/psnr_y";
+    /// `raincheck stream --add-rain`: `metrics/ssim_y/rainy` and `metrics/ssim_y/derained`.
+    pub const METRICS_SSIM_Y: &str = "metrics/ssim_y";
+    /// `raincheck stream`: per-frame stage latencies, `timing/<stage>_ms`.
+    pub const TIMING: &str = "timing";
+    /// `raincheck stream`: frames finished in the last second.
+    pub const STATS_FPS: &str = "stats/throughput_fps";
+    /// `raincheck stream`: frames dropped so far (realtime mode).
+    pub const STATS_DROPPED: &str = "stats/dropped";
+    /// Timeline of `raincheck stream`: the decoded frame's index.
+    pub const TIMELINE_FRAME: &str = "frame";
+    /// Timeline of `raincheck stream`: the frame's time in the source.
+    pub const TIMELINE_VIDEO_TIME: &str = "video_time";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +127,11 @@ impl Recorder {
         })
     }
 
+    /// Where the recording goes (a path, a URL, or "spawned viewer").
+    pub fn describe(&self) -> String {
+        self.target.describe()
+    }
+
     fn stream(&self) -> &rerun::RecordingStream {
         self.rec
             .as_ref()
@@ -172,6 +197,44 @@ impl Recorder {
         }
         Ok(())
     }
+}
+
+/// What an `.rrd` file holds: rows logged per entity path and the timelines used.
+#[derive(Debug, Default)]
+pub struct RecordingContents {
+    pub rows: std::collections::BTreeMap<String, usize>,
+    pub timelines: std::collections::BTreeSet<String>,
+}
+
+/// Reads a saved recording back (used by tests and tools to check a recording's layout).
+pub fn read_recording(path: &std::path::Path) -> Result<RecordingContents> {
+    use rerun::external::re_log_encoding::DecoderApp;
+    let bad = |message: String| VizError::Rerun {
+        target: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let mut contents = RecordingContents::default();
+    for msg in DecoderApp::decode_lazy(std::io::BufReader::new(file)) {
+        if let rerun::log::LogMsg::ArrowMsg(_, arrow) = msg.map_err(|e| bad(e.to_string()))? {
+            let chunk =
+                rerun::log::Chunk::from_arrow_msg(&arrow).map_err(|e| bad(e.to_string()))?;
+            *contents
+                .rows
+                .entry(
+                    chunk
+                        .entity_path()
+                        .to_string()
+                        .trim_start_matches('/')
+                        .to_string(),
+                )
+                .or_default() += chunk.num_rows();
+            contents
+                .timelines
+                .extend(chunk.timelines().keys().map(|t| t.to_string()));
+        }
+    }
+    Ok(contents)
 }
 
 impl Drop for Recorder {

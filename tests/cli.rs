@@ -1,38 +1,11 @@
 //! Integration tests: the real `raincheck` executable in temporary folders, on small copies of
 //! the bundled real frames and clip.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn exe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_raincheck"));
-    c.arg("--quiet");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    exe().args(args).output().expect("raincheck runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "raincheck {args:?} failed ({}):\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// Runs a command that must fail with `code`, and returns its stderr.
-fn fails(args: &[&str], code: i32) -> String {
-    let o = run(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(code), "raincheck {args:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
+use common::*;
 
 /// `raincheck generate --clear CLEAR --out OUT EXTRA…`, which must succeed: its stdout.
 fn generate_ok(clear: &Path, out: &Path, extra: &[&str]) -> String {
@@ -46,44 +19,6 @@ fn generate_fails(clear: &Path, out: &Path, extra: &[&str], code: i32) -> String
     let mut args = vec!["generate", "--clear", s(clear), "--out", s(out)];
     args.extend_from_slice(extra);
     fails(&args, code)
-}
-
-/// Names of the entries of `dir` (none if it does not exist) that contain `needle`.
-fn names_containing(dir: &Path, needle: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains(needle))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/samples")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Small versions (160x90) of `n` bundled frames, as PNG, in `dir`.
-fn small_frames(dir: &Path, n: usize) -> PathBuf {
-    let out = dir.join("clear");
-    std::fs::create_dir_all(&out).unwrap();
-    let mut frames: Vec<_> = std::fs::read_dir(samples().join("frames"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    frames.sort();
-    for p in frames.iter().take(n) {
-        let img = image::open(p).unwrap().to_rgb8();
-        let small = image::imageops::resize(&img, 160, 90, image::imageops::FilterType::Triangle);
-        small
-            .save(out.join(format!("{}.png", p.file_stem().unwrap().to_str().unwrap())))
-            .unwrap();
-    }
-    out
 }
 
 fn tree_bytes(root: &Path) -> Vec<(String, Vec<u8>)> {

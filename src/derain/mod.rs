@@ -281,12 +281,18 @@ impl Params {
     /// gradients, so inference builds no graph (nothing is held for a backward pass) and the
     /// convolutions take their bounded-memory path.
     pub fn frozen_var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        self.frozen_var_builder_as(device, DType::F32)
+    }
+
+    /// [`frozen_var_builder`](Self::frozen_var_builder) with the weights cast to `dtype`
+    /// (inference in f16/bf16).
+    pub fn frozen_var_builder_as(&self, device: &Device, dtype: DType) -> VarBuilder<'static> {
         let tensors: HashMap<String, Tensor> = self
             .vars()
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().detach()))
             .collect();
-        VarBuilder::from_tensors(tensors, DType::F32, device)
+        VarBuilder::from_tensors(tensors, dtype, device)
     }
 
     /// Every variable, sorted by name.
@@ -482,6 +488,18 @@ pub fn load(
     preset: Option<&str>,
     device: &Device,
 ) -> Result<Loaded> {
+    load_as(path, arch, preset, device, DType::F32)
+}
+
+/// [`load`], with the inference model's weights in `dtype` (the training variables in
+/// `params` stay f32); the model then takes and returns tensors of that dtype.
+pub fn load_as(
+    path: &Path,
+    arch: Option<&str>,
+    preset: Option<&str>,
+    device: &Device,
+    dtype: DType,
+) -> Result<Loaded> {
     let (config, weights) = if path.is_dir() {
         let run = RunConfig::read(path)?;
         if let Some(a) = arch {
@@ -512,7 +530,7 @@ pub fn load(
         .params
         .load_strict(read_weights(&weights)?, &weights)?;
     // For inference: the same weights, untracked.
-    loaded.model = Model::new(&config, loaded.params.frozen_var_builder(device))?;
+    loaded.model = Model::new(&config, loaded.params.frozen_var_builder_as(device, dtype))?;
     Ok(loaded)
 }
 
@@ -637,6 +655,7 @@ pub fn run_tiled_with(
             let (th, tw) = (t.size.min(h), t.size.min(w));
             let tile = xs.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
             let out: Vec<f32> = net(&tile)?
+                .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
                 .flatten_all()?
                 .to_vec1()?;
@@ -658,7 +677,9 @@ pub fn run_tiled_with(
             *a /= s;
         }
     }
-    Ok(Tensor::from_vec(acc, (1, 3, h, w), &Device::Cpu)?.to_device(xs.device())?)
+    Ok(Tensor::from_vec(acc, (1, 3, h, w), &Device::Cpu)?
+        .to_dtype(xs.dtype())?
+        .to_device(xs.device())?)
 }
 
 /// De-rains an RGB8 image at full resolution.

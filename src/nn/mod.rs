@@ -195,8 +195,8 @@ pub fn resize_bilinear(xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor
     if (h, w) == (out_h, out_w) {
         return Ok(xs.clone());
     }
-    let rh = linear_resample_matrix(h, out_h, xs.device())?;
-    let rw = linear_resample_matrix(w, out_w, xs.device())?;
+    let rh = linear_resample_matrix(h, out_h, xs.device())?.to_dtype(xs.dtype())?;
+    let rw = linear_resample_matrix(w, out_w, xs.device())?.to_dtype(xs.dtype())?;
     let rows = rh.broadcast_left(c)?.matmul(xs)?; // (c, out_h, w)
     rows.matmul(&rw.t()?.broadcast_left(c)?.contiguous()?)
 }
