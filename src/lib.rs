@@ -15,7 +15,6 @@ pub mod progress;
 pub mod rain;
 pub mod runtime;
 mod simd;
-#[cfg(feature = "video")]
 pub mod stream;
 pub mod synth;
 pub mod train;

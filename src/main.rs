@@ -914,7 +914,6 @@ fn init_logging(quiet: bool, verbose: u8) {
         .init();
 }
 
-#[cfg(feature = "video")]
 fn stream(a: StreamArgs, progress: bool) -> anyhow::Result<()> {
     use raincheck::stream::{self, AddRain, ModelSpec, StreamError, StreamJob};
     use std::sync::atomic::Ordering;
@@ -971,13 +970,6 @@ fn stream(a: StreamArgs, progress: bool) -> anyhow::Result<()> {
     let stats = stream::run(&job, || spec.load(), None).map_err(stream_err)?;
     print!("{}", stats.render_text());
     Ok(())
-}
-
-#[cfg(not(feature = "video"))]
-fn stream(_: StreamArgs, _: bool) -> anyhow::Result<()> {
-    Err(usage(
-        "`stream` needs the `video` feature (OpenCV); this raincheck was built without it",
-    ))
 }
 
 fn main() -> ExitCode {

@@ -5,6 +5,7 @@
     tools/bench_table.py metrics PEER_JSON MACHINE
     tools/bench_table.py derain PEER_JSON MACHINE
     tools/bench_table.py cyclegan PEER_JSON MACHINE
+    tools/bench_table.py stream '{"stats": ["STATS.json", ...]}' MACHINE
 
 (tools/bench.sh runs the benchmarks and calls this.)
 """
@@ -75,7 +76,21 @@ def cyclegan(peer, machine):
                f"{torch} reference networks: {theirs:.0f} ms | {theirs / ours:.2f}x")
 
 
+def stream(peer, machine):
+    """One line per `raincheck stream --stats-json` file (tools/bench_stream.sh)."""
+    for path in peer["stats"]:
+        st = json.loads(pathlib.Path(path).read_text())
+        m, lat = st["model"], st["latency_ms"]
+        w, h = st["processing"]
+        arch = m["name"].split(" ")[0]
+        run = pathlib.Path(m["name"].split("(", 1)[1].rstrip(")")).name
+        yield (f"stream {run} ({arch}), {w}x{h}, {m['device']} {m['dtype']}, {st['frames_out']} frames, file mode | "
+               f"`tools/bench_stream.sh` | {machine} | {st['throughput_fps']:.1f} frames/s end to end | "
+               f"model p50 {lat['model']['p50']:.1f} ms (p95 {lat['model']['p95']:.1f}), end-to-end latency p50 "
+               f"{lat['end_to_end']['p50']:.0f} ms | {1e3 / lat['model']['p50']:.1f} frames/s model alone")
+
+
 if __name__ == "__main__":
     kind, peer, machine = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    for line in {"rain": rain, "metrics": metrics, "derain": derain, "cyclegan": cyclegan}[kind](peer, machine):
+    for line in {"rain": rain, "metrics": metrics, "derain": derain, "cyclegan": cyclegan, "stream": stream}[kind](peer, machine):
         print(f"| {line} |")

@@ -31,7 +31,8 @@ pub use stats::{StreamStats, STAGES};
 use crate::derain::{DerainError, TileChoice};
 use crate::image_io::{self, RgbImage};
 use crate::rain::{RainParams, RainRenderer};
-use crate::video::{VideoError, VideoWriter};
+#[cfg(feature = "video")]
+use crate::video::VideoWriter;
 use crate::viz::{paths, Recorder, RerunTarget};
 use stats::{FrameQuality, Latency, QualityAccumulator};
 
@@ -43,8 +44,9 @@ pub enum StreamError {
     Output { path: PathBuf, why: String },
     #[error("{0}")]
     Usage(String),
+    #[cfg(feature = "video")]
     #[error(transparent)]
-    Video(#[from] VideoError),
+    Video(#[from] crate::video::VideoError),
     #[error(transparent)]
     Image(#[from] image_io::ImageIoError),
     #[error(transparent)]
@@ -302,6 +304,45 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// Without the `video` feature there is no video writer; asking for one is refused up front.
+#[cfg(not(feature = "video"))]
+struct VideoWriter;
+
+#[cfg(not(feature = "video"))]
+impl VideoWriter {
+    fn create(path: &Path, _: f64, _: u32, _: u32) -> Result<Self> {
+        Err(StreamError::Output {
+            path: path.to_path_buf(),
+            why: "writing a video needs the `video` feature (OpenCV); use --frames-dir".into(),
+        })
+    }
+
+    fn write(&mut self, _: &RgbImage) -> Result<()> {
+        unreachable!("never created")
+    }
+
+    fn finish(self) -> Result<PathBuf> {
+        unreachable!("never created")
+    }
+}
+
+/// Resizes a frame (OpenCV's area/bilinear with the `video` feature, the `image` crate's
+/// triangle filter without).
+fn resize(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    if img.dimensions() == (width, height) {
+        return Ok(img.clone());
+    }
+    #[cfg(feature = "video")]
+    return Ok(crate::video::resize_rgb8(img, width, height)?);
+    #[cfg(not(feature = "video"))]
+    return Ok(image::imageops::resize(
+        img,
+        width,
+        height,
+        image::imageops::FilterType::Triangle,
+    ));
+}
+
 /// The outputs, opened before any work starts so that an unwritable path fails at once.
 struct Sinks {
     writer: Option<VideoWriter>,
@@ -399,8 +440,7 @@ impl Sinks {
             return Ok(());
         };
         let (w, h) = self.source_size;
-        let back =
-            |img: &RgbImage| -> Result<RgbImage> { Ok(crate::video::resize_rgb8(img, w, h)?) };
+        let back = |img: &RgbImage| resize(img, w, h);
         let derained = back(&f.derained)?;
         let frame = if self.side_by_side {
             let rainy = back(&f.frame.rainy)?;
@@ -536,7 +576,7 @@ pub fn run(
                 for mut frame in pre_rx {
                     let t = Instant::now();
                     if frame.rainy.dimensions() != (pw, ph) {
-                        frame.rainy = crate::video::resize_rgb8(&frame.rainy, pw, ph)?;
+                        frame.rainy = resize(&frame.rainy, pw, ph)?;
                     }
                     if let Some(r) = renderer {
                         let mut rainy = RgbImage::new(pw, ph);

@@ -1,16 +1,18 @@
-//! Where a stream's frames come from: a video file, a camera or stream URL (through OpenCV), or a
-//! folder of images (sorted by name).
+//! Where a stream's frames come from: a video file, a camera or stream URL (through OpenCV, with
+//! the `video` feature), or a folder of images (sorted by name; always available).
 
 use std::path::{Path, PathBuf};
 
 use super::stats::SourceInfo;
 use super::{Result, StreamError};
 use crate::image_io::{self, RgbImage};
+#[cfg(feature = "video")]
 use crate::video::{VideoReader, VideoSource};
 
 /// Frame rate given to an image folder (it has none of its own).
 pub const FOLDER_FPS: f64 = 25.0;
 
+#[cfg(feature = "video")]
 /// Consecutive failed reads after which a file is taken to have ended (truncated or corrupt).
 const MAX_FAILED_READS: u32 = 3;
 
@@ -27,6 +29,7 @@ pub enum Read {
 }
 
 pub enum Source {
+    #[cfg(feature = "video")]
     Video {
         reader: VideoReader,
         live: bool,
@@ -58,25 +61,43 @@ impl Source {
                 size: img.dimensions(),
             });
         }
-        let source = VideoSource::parse(input);
-        let live = !matches!(source, VideoSource::File(_));
-        if let VideoSource::File(p) = &source {
-            if image_io::is_image_path(p) {
-                return Err(StreamError::Input {
-                    name: input.to_string(),
-                    why: "is a single image; stream takes a video, a folder of images, camera:N or a URL".into(),
-                });
-            }
+        if image_io::is_image_path(path) {
+            return Err(StreamError::Input {
+                name: input.to_string(),
+                why:
+                    "is a single image; stream takes a video, a folder of images, camera:N or a URL"
+                        .into(),
+            });
         }
+        Self::open_video(input)
+    }
+
+    #[cfg(feature = "video")]
+    fn open_video(input: &str) -> Result<Self> {
+        let source = VideoSource::parse(input);
         Ok(Source::Video {
+            live: !matches!(source, VideoSource::File(_)),
             reader: VideoReader::open(&source)?,
-            live,
             failed: 0,
+        })
+    }
+
+    #[cfg(not(feature = "video"))]
+    fn open_video(input: &str) -> Result<Self> {
+        let why = if Path::new(input).exists() {
+            "is not a folder of images; videos, cameras and URLs need the `video` feature (OpenCV)"
+        } else {
+            "no such folder (and videos, cameras and URLs need the `video` feature)"
+        };
+        Err(StreamError::Input {
+            name: input.to_string(),
+            why: why.into(),
         })
     }
 
     pub fn info(&self) -> SourceInfo {
         match self {
+            #[cfg(feature = "video")]
             Source::Video { reader, live, .. } => SourceInfo {
                 name: reader.name().to_string(),
                 width: reader.width,
@@ -125,6 +146,7 @@ impl Source {
                     Err(e) => Read::Skipped(e.to_string()),
                 })
             }
+            #[cfg(feature = "video")]
             Source::Video {
                 reader,
                 live,
