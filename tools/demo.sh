@@ -8,7 +8,10 @@
 #      the held-out test split against the rainy input, and de-rains the rainy clip with it,
 #   6. trains a small CycleGAN clear <-> rainy on the dataset's two halves (about 2 minutes: a
 #      pipeline check, far too short to look real), turns the clear clip into a rainy one with it
-#      and makes a CycleGAN-rain paired dataset.
+#      and makes a CycleGAN-rain paired dataset,
+#   7. streams the clear clip through the de-rainer with physical rain added on the fly
+#      (`stream --add-rain heavy`): a side-by-side video, a Rerun recording with per-frame scores
+#      and timings, and the stream's stats as JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
@@ -17,7 +20,7 @@ rc=target/release/raincheck
 
 work=datasets/generated/demo
 out=out/demo
-mkdir -p "$work/clear" "$out"
+mkdir -p "$work/clear" "$out/stream"
 cp -n datasets/samples/frames/*.jpg "$work/clear/"
 "$rc" frames datasets/samples/video/solid_white_right.mp4 --every 20 --out "$work/clear"
 "$rc" generate --clear "$work/clear" --rain physical:heavy --size 960x540 --seed 7 --out "$work/heavy"
@@ -35,6 +38,9 @@ rm -rf "$out/cyclegan" "$work/cyclegan"
   --save "$out/cyclegan.rrd"
 "$rc" translate --model "$out/cyclegan" --input datasets/samples/video/solid_white_right.mp4 --out "$out/cyclegan_video"
 "$rc" generate --clear "$work/clear" --rain "cyclegan:$out/cyclegan" --size 480x270 --seed 7 --out "$work/cyclegan"
+"$rc" stream datasets/samples/video/solid_white_right.mp4 --model "$out/unet-tiny" --add-rain heavy \
+  --seed 7 --side-by-side --out "$out/stream/solid_white_right.mp4" --save "$out/stream.rrd" \
+  --stats-json "$out/stream/stats.json" --rerun-images-every 5
 
 cat <<TXT
 
@@ -48,6 +54,8 @@ Done. What the demo made:
   CycleGAN (run):     $out/cyclegan   (losses and samples: $out/cyclegan.rrd, $out/cyclegan/samples/)
   CycleGAN-rain clip: $out/cyclegan_video/solid_white_right.mp4
   CycleGAN dataset:   $work/cyclegan
+  stream (rain added, rainy | de-rained): $out/stream/solid_white_right.mp4
+      stats: $out/stream/stats.json, recording: $out/stream.rrd
 Open the recording in the Rerun viewer (same version as the crate):
   pip install rerun-sdk==0.36.3 && rerun $out/dataset.rrd
 TXT
