@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::image_io::{self, ImageIoError, RgbImage};
 use crate::metrics::{self, Scores, METRICS};
@@ -67,7 +67,7 @@ pub struct EvalConfig {
 }
 
 /// One image's scores.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageScores {
     pub id: String,
     pub output: Scores,
@@ -78,7 +78,7 @@ pub struct ImageScores {
     pub gain: Option<BTreeMap<String, Option<f64>>>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MetricSummary {
     /// Mean over the images with a finite value.
     pub mean: Option<f64>,
@@ -87,7 +87,7 @@ pub struct MetricSummary {
     pub infinite: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub output: BTreeMap<String, MetricSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,7 +100,7 @@ pub struct Summary {
     pub quality_gain_per_image_mean: Option<BTreeMap<String, Option<f64>>>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub protocol: serde_json::Value,
     pub count: usize,
@@ -511,33 +511,7 @@ fn grid_image(r: &Report, pairs: &[Paired]) -> Result<(RgbImage, Vec<String>)> {
         tiles.push(heat);
         rows.push(tiles);
     }
-    let scale = |img: &RgbImage| {
-        let w = (img.width() as f64 * GRID_TILE_H as f64 / img.height() as f64)
-            .round()
-            .max(1.0) as u32;
-        image::imageops::resize(img, w, GRID_TILE_H, image::imageops::FilterType::Triangle)
-    };
-    let rows: Vec<Vec<RgbImage>> = rows.iter().map(|r| r.iter().map(scale).collect()).collect();
-    let gap = 4u32;
-    let width = rows
-        .iter()
-        .map(|r| r.iter().map(|t| t.width() + gap).sum::<u32>())
-        .max()
-        .unwrap_or(1);
-    let height = rows.len() as u32 * (GRID_TILE_H + gap);
-    let mut grid = RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([255, 255, 255]));
-    for (ri, row) in rows.iter().enumerate() {
-        let mut x = 0;
-        for t in row {
-            image::imageops::replace(
-                &mut grid,
-                t,
-                x as i64,
-                (ri as u32 * (GRID_TILE_H + gap)) as i64,
-            );
-            x += t.width() + gap;
-        }
-    }
+    let grid = image_io::grid(&rows, GRID_TILE_H, 4);
     Ok((grid, chosen.iter().map(|s| s.id.clone()).collect()))
 }
 

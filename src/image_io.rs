@@ -241,6 +241,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Rows of images scaled to `tile_h` pixels high (aspect kept), `gap` white pixels apart, on a
+/// white canvas: the grids of reports.
+pub fn grid(rows: &[Vec<RgbImage>], tile_h: u32, gap: u32) -> RgbImage {
+    let scale = |img: &RgbImage| {
+        let w = (img.width() as f64 * tile_h as f64 / img.height() as f64)
+            .round()
+            .max(1.0) as u32;
+        image::imageops::resize(img, w, tile_h, image::imageops::FilterType::Triangle)
+    };
+    let rows: Vec<Vec<RgbImage>> = rows.iter().map(|r| r.iter().map(scale).collect()).collect();
+    let width = rows
+        .iter()
+        .map(|r| r.iter().map(|t| t.width() + gap).sum::<u32>())
+        .max()
+        .unwrap_or(1);
+    let height = rows.len() as u32 * (tile_h + gap);
+    let mut grid = RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([255, 255, 255]));
+    for (ri, row) in rows.iter().enumerate() {
+        let mut x = 0;
+        for t in row {
+            image::imageops::replace(&mut grid, t, x as i64, (ri as u32 * (tile_h + gap)) as i64);
+            x += t.width() + gap;
+        }
+    }
+    grid
+}
+
 /// RGB8 image → `(3, h, w)` f32 tensor in [0, 1].
 pub fn rgb8_to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = img.dimensions();

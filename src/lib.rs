@@ -16,6 +16,7 @@ pub mod rain;
 pub mod runtime;
 mod simd;
 pub mod stream;
+pub mod study;
 pub mod synth;
 pub mod train;
 #[cfg(feature = "video")]

@@ -78,6 +78,14 @@ enum Command {
     /// Ctrl-C finishes the frames in flight and finalises the video, the recording and the
     /// stats. A summary goes to stdout; --stats-json writes it as JSON.
     Stream(StreamArgs),
+    /// The study in one command: do de-rainers built for overlay rain survive realistic
+    /// (CycleGAN) rain? Makes overlay-rain and CycleGAN-rain pairs from your clear footage,
+    /// trains unet and vit on each, scores every model on every test set.
+    ///
+    /// Writes STUDY_DIR/study.json (every cell with means, 95% CIs and quality gains),
+    /// STUDY_DIR/report.md (tables, charts, sample grids, the command) and study.rrd; prints the
+    /// table. Rerunning the same command resumes an interrupted study.
+    Study(StudyArgs),
 }
 
 #[derive(Subcommand)]
@@ -409,6 +417,38 @@ struct RainArgs {
     /// Print the full parameters (after --preset and --set) as JSON and exit.
     #[arg(long)]
     print_params: bool,
+}
+
+#[derive(Args)]
+struct StudyArgs {
+    /// Clear images: a folder, or a clear video (frames are taken from it).
+    #[arg(long, required_unless_present = "print_plan")]
+    clear: Option<PathBuf>,
+    /// Real rainy photos for the CycleGAN's rainy domain (default: physical rain rendered on a
+    /// disjoint part of the clear images).
+    #[arg(long)]
+    rainy: Option<PathBuf>,
+    /// Study folder.
+    #[arg(long, short, required_unless_present = "print_plan")]
+    out: Option<PathBuf>,
+    /// tiny: minutes on a 2-core CPU; small: an hour or two on a workstation CPU; full: for GPUs.
+    #[arg(long, value_enum, default_value_t = raincheck::study::Budget::Tiny)]
+    budget: raincheck::study::Budget,
+    /// A TOML file with the whole plan (sizes, steps, minutes; `raincheck study --print-plan`
+    /// shows the budget's), replacing the budget's.
+    #[arg(long, value_name = "FILE.toml")]
+    plan: Option<PathBuf>,
+    /// Print the budget's plan as TOML and exit.
+    #[arg(long)]
+    print_plan: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also evaluate published PReNet weights (a .pth of the authors' code) on both test sets.
+    #[arg(long, value_name = "FILE.pth")]
+    prenet_weights: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -875,6 +915,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_media_summary(&s, "generator");
         }
         Command::Stream(a) => stream(a, progress)?,
+        Command::Study(a) => {
+            if a.print_plan {
+                print!("{}", toml::to_string_pretty(&a.budget.plan())?);
+                return Ok(());
+            }
+            let plan = match &a.plan {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    Some(
+                        toml::from_str::<raincheck::study::Plan>(&text)
+                            .map_err(|e| usage(format!("{}: {e}", p.display())))?,
+                    )
+                }
+                None => None,
+            };
+            let out = a.out.expect("clap requires --out");
+            let cfg = raincheck::study::StudyConfig {
+                clear: a.clear.expect("clap requires --clear"),
+                rainy: a.rainy,
+                out: out.clone(),
+                budget: a.budget,
+                plan,
+                seed: a.seed,
+                prenet_weights: a.prenet_weights,
+                device: device(&a.device)?,
+                progress,
+            };
+            let report = raincheck::study::run(&cfg).map_err(|e| match e {
+                raincheck::study::StudyError::Usage(_) => usage(e),
+                e => e.into(),
+            })?;
+            print!("{}", report.render_text());
+            tracing::info!("report: {}", out.join("report.md").display());
+        }
         Command::Inspect(a) => {
             let target = a.rerun.target().ok_or_else(|| {
                 usage("say where the recording goes: --save FILE.rrd, --connect [URL] or --spawn")

@@ -1,0 +1,468 @@
+//! The study's results: `study.json` (every cell), `report.md` (tables, charts, sample grids,
+//! commands and seeds) and `study.rrd`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{charts, io_err, Result, StudySpec, RAINS};
+use crate::eval::Report;
+use crate::image_io::{self, RgbImage};
+use crate::viz::{Recorder, RerunTarget};
+
+/// The headline metrics of the study.
+pub const METRICS: [&str; 2] = ["psnr_y", "ssim_y"];
+
+/// A mean with its bootstrap 95% confidence interval.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MetricCell {
+    pub mean: Option<f64>,
+    pub ci95: Option<[f64; 2]>,
+}
+
+/// One cell of the table: a model (architecture + the rain it was trained on) on one test set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Cell {
+    pub arch: String,
+    /// `overlay`, `cyclegan`, or `published` (weights given with `--prenet-weights`).
+    pub train_rain: String,
+    pub test_rain: String,
+    /// Test images scored.
+    pub images: usize,
+    /// The de-rained outputs' scores.
+    pub output: BTreeMap<String, MetricCell>,
+    /// The rainy inputs' scores (the baseline).
+    pub input: BTreeMap<String, MetricCell>,
+    /// Quality gain of the means, `(output − input) / input · 100`, with a bootstrap CI over the
+    /// per-image gains.
+    pub gain_percent: BTreeMap<String, MetricCell>,
+    /// The evaluation's own report folder.
+    pub report: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StudyReport {
+    pub format: String,
+    pub spec: StudySpec,
+    /// Clear images per part.
+    pub parts: BTreeMap<String, usize>,
+    pub cells: Vec<Cell>,
+}
+
+impl StudyReport {
+    pub fn cell(&self, arch: &str, train: &str, test: &str) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.arch == arch && c.train_rain == train && c.test_rain == test)
+    }
+
+    /// The table for people (stdout).
+    pub fn render_text(&self) -> String {
+        let mut s = String::from(
+            "model (trained on)      test rain   psnr_y (95% CI)          ssim_y            gain psnr_y  gain ssim_y\n",
+        );
+        for c in &self.cells {
+            let m = |k: &str| c.output.get(k).and_then(|m| m.mean);
+            let ci = |k: &str| {
+                c.output
+                    .get(k)
+                    .and_then(|m| m.ci95)
+                    .map_or(String::new(), |[a, b]| format!("[{a:.2}, {b:.2}]"))
+            };
+            let g = |k: &str| {
+                c.gain_percent
+                    .get(k)
+                    .and_then(|m| m.mean)
+                    .map_or("n/a".to_string(), |g| format!("{g:+.1}%"))
+            };
+            s.push_str(&format!(
+                "{:<23} {:<10} {:>6} {:<17} {:>7} {:>12} {:>12}\n",
+                format!("{} ({})", c.arch, c.train_rain),
+                c.test_rain,
+                m("psnr_y").map_or("n/a".into(), |v| format!("{v:.2}")),
+                ci("psnr_y"),
+                m("ssim_y").map_or("n/a".into(), |v| format!("{v:.4}")),
+                g("psnr_y"),
+                g("ssim_y"),
+            ));
+        }
+        s
+    }
+}
+
+fn metric_cells(
+    summary: &BTreeMap<String, crate::eval::MetricSummary>,
+) -> BTreeMap<String, MetricCell> {
+    METRICS
+        .iter()
+        .map(|m| {
+            let s = summary.get(*m);
+            (
+                m.to_string(),
+                MetricCell {
+                    mean: s.and_then(|s| s.mean),
+                    ci95: s.and_then(|s| s.ci95),
+                },
+            )
+        })
+        .collect()
+}
+
+fn cell(arch: &str, train: &str, test: &str, r: &Report, dir: &Path, seed: u64) -> Cell {
+    let gain_percent = METRICS
+        .iter()
+        .map(|m| {
+            let per_image: Vec<f64> = r
+                .images
+                .iter()
+                .filter_map(|i| i.gain.as_ref()?.get(*m).copied().flatten())
+                .collect();
+            let mean = r
+                .summary
+                .quality_gain
+                .as_ref()
+                .and_then(|g| g.get(*m).copied().flatten());
+            (
+                m.to_string(),
+                MetricCell {
+                    mean,
+                    ci95: crate::metrics::bootstrap_ci95(&per_image, 2000, seed),
+                },
+            )
+        })
+        .collect();
+    Cell {
+        arch: arch.into(),
+        train_rain: train.into(),
+        test_rain: test.into(),
+        images: r.count,
+        output: metric_cells(&r.summary.output),
+        input: r
+            .summary
+            .input
+            .as_ref()
+            .map(metric_cells)
+            .unwrap_or_default(),
+        gain_percent,
+        report: dir.to_path_buf(),
+    }
+}
+
+/// Writes `study.json`, the charts, the sample grids, `report.md` and `study.rrd`.
+pub fn write(
+    out: &Path,
+    spec: &StudySpec,
+    parts: &BTreeMap<String, usize>,
+    evals: &[(String, String, String, Report)],
+    seed: u64,
+) -> Result<StudyReport> {
+    let cells: Vec<Cell> = evals
+        .iter()
+        .map(|(arch, train, test, r)| {
+            let dir = out.join("eval").join(format!("{arch}-{train}-on-{test}"));
+            cell(arch, train, test, r, &dir, seed)
+        })
+        .collect();
+    let report = StudyReport {
+        format: "raincheck-study-report".into(),
+        spec: spec.clone(),
+        parts: parts.clone(),
+        cells,
+    };
+    let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
+    let path = out.join("study.json");
+    image_io::write_atomic(&path, &json).map_err(io_err(&path))?;
+
+    let mut figures = Vec::new();
+    let mut chart = |file: &str, result: std::result::Result<(), String>| match result {
+        Ok(()) => figures.push(file.to_string()),
+        Err(e) => tracing::warn!("chart {file} skipped: {e}"),
+    };
+    let models: Vec<(String, String)> = {
+        let mut m: Vec<(String, String)> = report
+            .cells
+            .iter()
+            .map(|c| (c.arch.clone(), c.train_rain.clone()))
+            .collect();
+        m.dedup();
+        m
+    };
+    for metric in METRICS {
+        let file = format!("gain_{metric}.png");
+        let series: Vec<(String, Vec<Option<f64>>)> = models
+            .iter()
+            .map(|(a, t)| {
+                let vals = RAINS
+                    .iter()
+                    .map(|test| {
+                        report
+                            .cell(a, t, test)
+                            .and_then(|c| c.gain_percent[metric].mean)
+                    })
+                    .collect();
+                (format!("{a} trained on {t}"), vals)
+            })
+            .collect();
+        let groups: Vec<String> = RAINS
+            .iter()
+            .map(|r| format!("tested on {r} rain"))
+            .collect();
+        chart(
+            &file,
+            charts::bars(
+                &out.join(&file),
+                &format!("Quality gain in {metric} over the rainy input"),
+                "gain (%)",
+                &groups,
+                &series,
+            ),
+        );
+    }
+    let curves: Vec<(String, Vec<(f64, f64)>)> = models
+        .iter()
+        .filter(|(_, t)| t != "published")
+        .map(|(a, t)| {
+            let log = out.join(format!("runs/{a}-{t}/log.jsonl"));
+            (format!("{a} on {t}"), read_curve(&log, "step", "psnr_y"))
+        })
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    chart(
+        "curves.png",
+        charts::lines(
+            &out.join("curves.png"),
+            "Validation psnr_y while training",
+            "step",
+            "psnr_y (dB)",
+            &curves,
+        ),
+    );
+    let cyclegan_log = out.join("runs/cyclegan/log.jsonl");
+    let cg: Vec<(String, Vec<(f64, f64)>)> = ["g_gan", "g_cycle", "g_idt", "d_a", "d_b"]
+        .iter()
+        .map(|k| (k.to_string(), read_curve(&cyclegan_log, "step", k)))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    chart(
+        "cyclegan_losses.png",
+        charts::lines(
+            &out.join("cyclegan_losses.png"),
+            "CycleGAN losses",
+            "step",
+            "loss",
+            &cg,
+        ),
+    );
+    let grids = sample_grids(out, &report)?;
+    let md = markdown(&report, &figures, &grids);
+    let path = out.join("report.md");
+    image_io::write_atomic(&path, md.as_bytes()).map_err(io_err(&path))?;
+    recording(out, &report, evals, &grids)?;
+    Ok(report)
+}
+
+/// `(x, y)` points of two numeric fields of a JSON-lines log (missing file: none).
+fn read_curve(path: &Path, x: &str, y: &str) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v.get(x)?.as_f64()?, v.get(y)?.as_f64()?))
+        })
+        .collect()
+}
+
+/// For each test rain: up to 3 test images, a row each: rainy | every model's output | clean.
+fn sample_grids(out: &Path, report: &StudyReport) -> Result<Vec<(String, Vec<String>)>> {
+    let mut files = Vec::new();
+    for test in RAINS {
+        let data = out.join("data").join(test);
+        let ds = crate::dataset::Dataset::open(&data)?;
+        let records: Vec<_> = ds.split(crate::dataset::Split::Test).take(3).collect();
+        let cells: Vec<&Cell> = report
+            .cells
+            .iter()
+            .filter(|c| c.test_rain == test)
+            .collect();
+        let mut rows: Vec<Vec<RgbImage>> = Vec::new();
+        for r in &records {
+            let mut row = vec![image_io::load_rgb8(&ds.root.join(&r.rainy))?];
+            for c in &cells {
+                row.push(image_io::load_rgb8(
+                    &c.report.join("outputs").join(format!("{}.png", r.id)),
+                )?);
+            }
+            row.push(image_io::load_rgb8(&ds.root.join(&r.clean))?);
+            rows.push(row);
+        }
+        let file = format!("samples_{test}.png");
+        image_io::save_png(&image_io::grid(&rows, 120, 4), &out.join(&file))?;
+        let mut columns = vec!["rainy input".to_string()];
+        columns.extend(
+            cells
+                .iter()
+                .map(|c| format!("{} trained on {}", c.arch, c.train_rain)),
+        );
+        columns.push("clean".into());
+        files.push((file, columns));
+    }
+    Ok(files)
+}
+
+fn fmt_metric(m: &MetricCell, digits: usize) -> String {
+    match (m.mean, m.ci95) {
+        (Some(v), Some([a, b])) => format!("{v:.digits$} [{a:.digits$}, {b:.digits$}]"),
+        (Some(v), None) => format!("{v:.digits$}"),
+        _ => "n/a".into(),
+    }
+}
+
+fn fmt_gain(m: &MetricCell) -> String {
+    match (m.mean, m.ci95) {
+        (Some(v), Some([a, b])) => format!("{v:+.1}% [{a:+.1}, {b:+.1}]"),
+        (Some(v), None) => format!("{v:+.1}%"),
+        _ => "n/a".into(),
+    }
+}
+
+fn markdown(r: &StudyReport, figures: &[String], grids: &[(String, Vec<String>)]) -> String {
+    let spec = &r.spec;
+    let mut s = String::from("# raincheck study: overlay rain vs CycleGAN rain\n\n");
+    s.push_str(
+        "Do de-rainers that work on simple overlay rain still work on realistic rain? Each \
+         de-rainer is trained on one kind of rain and tested on both; the quality gain is its \
+         improvement over the rainy input, `(output − input) / input · 100`. Means over the test \
+         images with bootstrap 95% confidence intervals (2,000 resamples); `psnr_y`/`ssim_y` by \
+         the de-raining literature's protocol (see `eval/reports` in raincheck).\n\n",
+    );
+    s.push_str(&format!(
+        "Clear images: `{}`; rainy domain: {}; budget `{:?}`; seed {}; clear images per part: {}.\n\n",
+        spec.clear.display(),
+        spec.rainy
+            .as_ref()
+            .map_or("physical rain rendered on a disjoint part of the clear images".to_string(), |p| {
+                format!("`{}`", p.display())
+            }),
+        spec.budget,
+        spec.seed,
+        r.parts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for metric in METRICS {
+        let digits = if metric == "psnr_y" { 2 } else { 4 };
+        s.push_str(&format!("## {metric}\n\n| model | trained on |"));
+        for t in RAINS {
+            s.push_str(&format!(" tested on {t} rain | gain |"));
+        }
+        s.push_str("\n|---|---|");
+        for _ in RAINS {
+            s.push_str("---|---|");
+        }
+        s.push('\n');
+        s.push_str("| rainy input | — |");
+        for t in RAINS {
+            let input = r
+                .cells
+                .iter()
+                .find(|c| c.test_rain == t)
+                .and_then(|c| c.input.get(metric));
+            s.push_str(&format!(
+                " {} | |",
+                input.map_or("n/a".into(), |m| fmt_metric(m, digits))
+            ));
+        }
+        s.push('\n');
+        let mut seen = Vec::new();
+        for c in &r.cells {
+            let key = (c.arch.clone(), c.train_rain.clone());
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            s.push_str(&format!("| {} | {} |", c.arch, c.train_rain));
+            for t in RAINS {
+                match r.cell(&c.arch, &c.train_rain, t) {
+                    Some(x) => s.push_str(&format!(
+                        " {} | {} |",
+                        fmt_metric(&x.output[metric], digits),
+                        fmt_gain(&x.gain_percent[metric])
+                    )),
+                    None => s.push_str(" | |"),
+                }
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    if !figures.is_empty() {
+        s.push_str("## Charts\n\n");
+        for f in figures {
+            s.push_str(&format!("![{f}]({f})\n\n"));
+        }
+    }
+    s.push_str("## Samples\n\n");
+    for (file, columns) in grids {
+        s.push_str(&format!(
+            "`{file}` — columns: {}.\n\n![{file}]({file})\n\n",
+            columns.join(" | ")
+        ));
+    }
+    s.push_str("## Reproduce\n\n```sh\n");
+    s.push_str(&format!(
+        "raincheck study --clear {}{} --out STUDY_DIR --budget {} --seed {}{}\n```\n\n",
+        spec.clear.display(),
+        spec.rainy
+            .as_ref()
+            .map_or(String::new(), |p| format!(" --rainy {}", p.display())),
+        format!("{:?}", spec.budget).to_lowercase(),
+        spec.seed,
+        spec.prenet_weights
+            .as_ref()
+            .map_or(String::new(), |p| format!(
+                " --prenet-weights {}",
+                p.display()
+            )),
+    ));
+    s.push_str(
+        "Every stage's own inputs are in the study folder: `study.toml` (the plan: sizes, steps, \
+         minutes), `parts/`, `data/overlay` and `data/cyclegan` (datasets with their \
+         `dataset.toml`), `runs/` (run folders with `config.json`, `train.json`, `log.jsonl`), \
+         `eval/` (one `report.json` per cell). Rerunning the command resumes an interrupted study.\n",
+    );
+    s
+}
+
+fn recording(
+    out: &Path,
+    r: &StudyReport,
+    evals: &[(String, String, String, Report)],
+    grids: &[(String, Vec<String>)],
+) -> Result<()> {
+    let rec = Recorder::new(
+        "raincheck study",
+        &RerunTarget::Save(out.join("study.rrd")),
+        85,
+    )?;
+    for (file, _) in grids {
+        let img = image_io::load_rgb8(&out.join(file))?;
+        rec.image(&format!("study/{}", file.trim_end_matches(".png")), &img)?;
+    }
+    for (arch, train, test, report) in evals {
+        for (i, im) in report.images.iter().enumerate() {
+            rec.set_sequence("image", i as i64);
+            for m in METRICS {
+                if let Some(v) = im.output.get(m).filter(|v| v.is_finite()) {
+                    rec.scalar(&format!("study/{arch}-{train}/{test}/{m}"), v)?;
+                }
+            }
+        }
+    }
+    rec.markdown("study/table", &r.render_text())?;
+    rec.finish()?;
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! `raincheck study` in miniature: tiny images, a few steps per stage, every cell of the table,
+//! resumption after a kill, and bad inputs.
+
+mod common;
+
+use common::*;
+
+/// 29 small clear images: the bundled stills and frames of the bundled clip.
+#[cfg(feature = "video")]
+fn clear_images(dir: &std::path::Path) -> std::path::PathBuf {
+    let clear = small_frames(dir, 9);
+    let clip = samples().join("video/solid_white_right.mp4");
+    let frames = dir.join("clip");
+    ok(&["frames", s(&clip), "--every", "12", "--out", s(&frames)]);
+    for e in std::fs::read_dir(&frames).unwrap() {
+        let p = e.unwrap().path();
+        let img = image::open(&p).unwrap().to_rgb8();
+        let small = image::imageops::resize(&img, 160, 90, image::imageops::FilterType::Triangle);
+        small.save(clear.join(p.file_name().unwrap())).unwrap();
+    }
+    clear
+}
+
+#[cfg(feature = "video")]
+const PLAN: &str = r#"
+size = [64, 48]
+every = 1
+cyclegan_steps = 6
+cyclegan_size = 32
+cyclegan_ngf = 8
+cyclegan_blocks = 1
+cyclegan_ndf = 8
+cyclegan_batch = 1
+cyclegan_lr = 0.0004
+preset = "tiny"
+derain_steps = 8
+derain_batch = 2
+derain_crop = 32
+val_every = 4
+split = [0.4, 0.3, 0.3]
+"#;
+
+#[cfg(feature = "video")]
+fn study_json(out: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("study.json")).unwrap()).unwrap()
+}
+
+#[test]
+#[cfg(feature = "video")]
+fn a_miniature_study_fills_every_cell_and_resumes_after_a_kill() {
+    use std::time::{Duration, Instant};
+    let t = tempfile::tempdir().unwrap();
+    let clear = clear_images(t.path());
+    let plan = t.path().join("plan.toml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let out = t.path().join("study");
+    let args = [
+        "study",
+        "--clear",
+        s(&clear),
+        "--out",
+        s(&out),
+        "--plan",
+        s(&plan),
+        "--seed",
+        "3",
+    ];
+
+    // Killed while the de-rainers train: the datasets and the CycleGAN are done by then.
+    let mut child = exe().args(args).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !out.join("runs/unet-overlay/state.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the study never reached training"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the study ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.join("study.json").exists());
+    let overlay_toml = out.join("data/overlay/dataset.toml");
+    let before = std::fs::metadata(&overlay_toml)
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // The same command resumes; finished stages are not redone.
+    let table = ok(&args);
+    assert_eq!(
+        std::fs::metadata(&overlay_toml)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before,
+        "the overlay dataset was made again"
+    );
+    let report = study_json(&out);
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(
+        cells.len(),
+        8,
+        "2 architectures x 2 training rains x 2 test rains"
+    );
+    for arch in ["unet", "vit"] {
+        for train in ["overlay", "cyclegan"] {
+            for test in ["overlay", "cyclegan"] {
+                let c = cells
+                    .iter()
+                    .find(|c| {
+                        c["arch"] == arch && c["train_rain"] == train && c["test_rain"] == test
+                    })
+                    .unwrap_or_else(|| panic!("missing cell {arch}/{train}/{test}"));
+                assert!(c["images"].as_u64().unwrap() > 0);
+                for m in ["psnr_y", "ssim_y"] {
+                    for part in ["output", "input", "gain_percent"] {
+                        let v = c[part][m]["mean"].as_f64();
+                        assert!(
+                            v.is_some_and(f64::is_finite),
+                            "{arch}/{train}/{test} {part} {m}: {c}"
+                        );
+                    }
+                    let [lo, hi] = [0, 1].map(|i| c["output"][m]["ci95"][i].as_f64().unwrap());
+                    let mean = c["output"][m]["mean"].as_f64().unwrap();
+                    assert!(lo <= mean && mean <= hi, "{c}");
+                }
+            }
+        }
+        assert!(table.contains(&format!("{arch} (cyclegan)")), "{table}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "## psnr_y",
+        "## ssim_y",
+        "| rainy input |",
+        "samples_cyclegan.png",
+        "gain_psnr_y.png",
+        "--seed 3",
+    ] {
+        assert!(md.contains(needle), "report.md lacks {needle}");
+    }
+    for png in [
+        "gain_psnr_y.png",
+        "gain_ssim_y.png",
+        "curves.png",
+        "samples_overlay.png",
+        "samples_cyclegan.png",
+    ] {
+        assert!(image::open(out.join(png)).is_ok(), "{png}");
+    }
+    let rec = raincheck::viz::read_recording(&out.join("study.rrd")).unwrap();
+    assert!(
+        rec.rows.contains_key("study/unet-overlay/cyclegan/psnr_y"),
+        "{:?}",
+        rec.rows
+    );
+    assert!(
+        rec.rows.contains_key("study/samples_overlay"),
+        "{:?}",
+        rec.rows
+    );
+
+    // A finished study reruns from its results; another seed into the same folder is refused.
+    let again = ok(&args);
+    assert_eq!(again, table);
+    let mut other = args.to_vec();
+    other[8] = "4";
+    assert!(fails(&other, 1).contains("other inputs, budget or seed"));
+}
+
+#[test]
+fn study_bad_inputs_get_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("o");
+    let missing = t.path().join("nothing");
+    assert!(fails(&["study", "--clear", s(&missing), "--out", s(&out)], 1).contains("nothing"));
+    // Too few images for three disjoint parts.
+    let few = small_frames(t.path(), 4);
+    let e = fails(&["study", "--clear", s(&few), "--out", s(&out)], 1);
+    assert!(e.contains("too few clear images"), "{e}");
+    let bad_plan = t.path().join("bad.toml");
+    std::fs::write(&bad_plan, "size = [64, 48]\nbogus = 1\n").unwrap();
+    let e = fails(
+        &[
+            "study",
+            "--clear",
+            s(&few),
+            "--out",
+            s(&out),
+            "--plan",
+            s(&bad_plan),
+        ],
+        2,
+    );
+    assert!(e.contains("bad.toml"), "{e}");
+    let file = t.path().join("f.txt");
+    std::fs::write(&file, "x").unwrap();
+    let e = fails(&["study", "--clear", s(&few), "--out", s(&file)], 1);
+    assert!(e.contains("not a folder"), "{e}");
+    let plan = ok(&["study", "--print-plan", "--budget", "small"]);
+    assert!(plan.contains("cyclegan_steps = 8000"), "{plan}");
+}
