@@ -78,6 +78,7 @@ def cyclegan(peer, machine):
 
 def stream(peer, machine):
     """One line per `raincheck stream --stats-json` file (tools/bench_stream.sh)."""
+    command = peer.get("command", "tools/bench_stream.sh")
     for path in peer["stats"]:
         st = json.loads(pathlib.Path(path).read_text())
         m, lat = st["model"], st["latency_ms"]
@@ -85,7 +86,7 @@ def stream(peer, machine):
         arch = m["name"].split(" ")[0]
         run = pathlib.Path(m["name"].split("(", 1)[1].rstrip(")")).name
         yield (f"stream {run} ({arch}), {w}x{h}, {m['device']} {m['dtype']}, {st['frames_out']} frames, file mode | "
-               f"`tools/bench_stream.sh` | {machine} | {st['throughput_fps']:.1f} frames/s end to end | "
+               f"`{command}` | {machine} | {st['throughput_fps']:.1f} frames/s end to end | "
                f"model p50 {lat['model']['p50']:.1f} ms (p95 {lat['model']['p95']:.1f}), end-to-end latency p50 "
                f"{lat['end_to_end']['p50']:.0f} ms | {1e3 / lat['model']['p50']:.1f} frames/s model alone")
 

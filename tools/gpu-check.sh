@@ -105,7 +105,7 @@ run() {
       "$rc" --quiet stream "$dir/frames" --model "$run" --device "$device" --dtype "$dtype" \
         --max-frames 4 --frames-dir "$out/frames/$name-$dtype" >/dev/null
       local d; d=$(python3 tools/png_diff.py "$out/frames/$name-cpu" "$out/frames/$name-$dtype")
-      echo "parity $name $dtype vs cpu f32: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(f"max {d["max"]}/255, mean {d["mean"]:.3f}/255")' "$d")"
+      echo "parity $name $dtype vs cpu f32: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("max %d/255, mean %.3f/255" % (d["max"], d["mean"]))' "$d")"
       parity="$parity\"$name/$dtype\": $d,"
     done
   done
@@ -121,8 +121,12 @@ run() {
       stats+=("\"$json\"")
     done
   done
-  local machine; machine="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) cores"
-  python3 tools/bench_table.py stream "{\"stats\": [$(IFS=,; echo "${stats[*]}")]}" "$machine"
+  local machine; machine="$(nproc) cores"
+  if command -v nvidia-smi >/dev/null; then
+    machine="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $machine"
+  fi
+  python3 tools/bench_table.py stream \
+    "{\"command\": \"tools/gpu-check.sh run\", \"stats\": [$(IFS=,; echo "${stats[*]}")]}" "$machine"
 }
 
 case "$mode" in
