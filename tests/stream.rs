@@ -4,29 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use raincheck::derain::{ModelConfig, RunConfig, TileChoice, WEIGHTS_FILE};
+use raincheck::derain::{TileChoice, WEIGHTS_FILE};
 use raincheck::image_io::RgbImage;
 use raincheck::stream::{self, ModelSpec, Net, StreamJob, StreamStats};
 use raincheck::video::{VideoReader, VideoSource, VideoWriter};
-
-/// A run folder with a freshly initialised `tiny` model of `arch`.
-fn tiny_run(dir: &Path, arch: &str) -> PathBuf {
-    let run = dir.join(format!("{arch}-tiny"));
-    std::fs::create_dir_all(&run).unwrap();
-    let m = raincheck::derain::build(&ModelConfig::preset(arch, "tiny").unwrap(), 7, &Device::Cpu)
-        .unwrap();
-    RunConfig::new("tiny", m.config.clone())
-        .write(&run)
-        .unwrap();
-    m.params.save(&run.join(WEIGHTS_FILE)).unwrap();
-    run
-}
 
 fn spec(run: &Path, dtype: DType) -> ModelSpec {
     ModelSpec {
@@ -429,7 +416,7 @@ fn half_precision_models_match_f32() {
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap();
-        assert!(worst <= 8, "{arch}: bf16 differs from f32 by {worst}/255");
+        assert!(worst <= 8, "{arch}: f16 differs from f32 by {worst}/255");
     }
 }
 

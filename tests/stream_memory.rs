@@ -2,34 +2,18 @@
 //! memory is the whole process's, so nothing else may run beside it.
 #![cfg(feature = "video")]
 
-use std::path::Path;
+mod common;
 
 use candle_core::{DType, Device};
-use raincheck::derain::{ModelConfig, RunConfig, TileChoice, WEIGHTS_FILE};
+use raincheck::derain::TileChoice;
 use raincheck::image_io::RgbImage;
 use raincheck::stream::{self, ModelSpec, StreamJob};
 use raincheck::video::VideoWriter;
 
-fn tiny_unet(dir: &Path) -> std::path::PathBuf {
-    let run = dir.join("unet-tiny");
-    std::fs::create_dir_all(&run).unwrap();
-    let m = raincheck::derain::build(
-        &ModelConfig::preset("unet", "tiny").unwrap(),
-        7,
-        &Device::Cpu,
-    )
-    .unwrap();
-    RunConfig::new("tiny", m.config.clone())
-        .write(&run)
-        .unwrap();
-    m.params.save(&run.join(WEIGHTS_FILE)).unwrap();
-    run
-}
-
 #[test]
 fn memory_stays_flat_over_long_streams() {
     let t = tempfile::tempdir().unwrap();
-    let run = tiny_unet(t.path());
+    let run = common::tiny_run(t.path(), "unet");
     let video = t.path().join("long.avi");
     let mut v = VideoWriter::create(&video, 25.0, 64, 48).unwrap();
     for i in 0..2000u32 {

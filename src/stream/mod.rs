@@ -300,6 +300,13 @@ impl<T> Link<T> {
     }
 }
 
+/// Runs one stage's body; its error stops the whole stream.
+fn guarded(shared: &Shared, body: impl FnOnce() -> Result<()>) {
+    if let Err(e) = body() {
+        shared.fail(e);
+    }
+}
+
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -566,13 +573,13 @@ pub fn run(
         let renderer = renderer.as_ref();
         // Decode.
         s.spawn(move || {
-            if let Err(e) = decode(job, &mut source, realtime, to_pre, shared) {
-                shared.fail(e);
-            }
+            guarded(shared, || {
+                decode(job, &mut source, realtime, to_pre, shared)
+            })
         });
         // Pre-process: resize, rain, tensor.
         s.spawn(move || {
-            let run = move || -> Result<()> {
+            guarded(shared, move || {
                 for mut frame in pre_rx {
                     let t = Instant::now();
                     if frame.rainy.dimensions() != (pw, ph) {
@@ -590,14 +597,11 @@ pub fn run(
                     }
                 }
                 Ok(())
-            };
-            if let Err(e) = run() {
-                shared.fail(e);
-            }
+            })
         });
         // Model.
         s.spawn(move || {
-            let run = move || -> Result<()> {
+            guarded(shared, move || {
                 for Prepared { mut frame, x } in model_rx {
                     let t = Instant::now();
                     let y = (net.forward)(&x)?;
@@ -610,14 +614,11 @@ pub fn run(
                     }
                 }
                 Ok(())
-            };
-            if let Err(e) = run() {
-                shared.fail(e);
-            }
+            })
         });
         // Post-process: back to pixels, scores.
         s.spawn(move || {
-            let run = move || -> Result<()> {
+            guarded(shared, move || {
                 for Inferred { mut frame, y } in post_rx {
                     let t = Instant::now();
                     let derained = to_rgb8(&y)?;
@@ -639,10 +640,7 @@ pub fn run(
                     }
                 }
                 Ok(())
-            };
-            if let Err(e) = run() {
-                shared.fail(e);
-            }
+            })
         });
         // Sinks, on this thread.
         let mut window: VecDeque<Instant> = VecDeque::new();
@@ -705,9 +703,7 @@ pub fn run(
             }
             Ok(())
         };
-        if let Err(e) = sink() {
-            shared.fail(e);
-        }
+        guarded(shared, sink);
     });
     pb.finish_and_clear();
 

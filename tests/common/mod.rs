@@ -72,3 +72,22 @@ pub fn small_frames(dir: &Path, n: usize) -> PathBuf {
     }
     out
 }
+
+/// A run folder with a freshly initialised `tiny` model of `arch`.
+pub fn tiny_run(dir: &Path, arch: &str) -> PathBuf {
+    let run = dir.join(format!("{arch}-tiny"));
+    std::fs::create_dir_all(&run).unwrap();
+    let m = raincheck::derain::build(
+        &raincheck::derain::ModelConfig::preset(arch, "tiny").unwrap(),
+        7,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    raincheck::derain::RunConfig::new("tiny", m.config.clone())
+        .write(&run)
+        .unwrap();
+    m.params
+        .save(&run.join(raincheck::derain::WEIGHTS_FILE))
+        .unwrap();
+    run
+}
