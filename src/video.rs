@@ -240,14 +240,20 @@ pub fn mat_to_rgb8(mat: &Mat) -> Result<RgbImage> {
     })
 }
 
+/// RGB8 image → a `Mat` holding the same bytes (RGB order, 8-bit, 3 channels).
+fn rgb_mat(img: &RgbImage, what: &str) -> Result<Mat> {
+    let (w, h) = img.dimensions();
+    let mut mat = cv(
+        Mat::new_rows_cols_with_default(h as i32, w as i32, opencv::core::CV_8UC3, 0.into()),
+        || what.to_string(),
+    )?;
+    cv(mat.data_bytes_mut(), || what.to_string())?.copy_from_slice(img.as_raw());
+    Ok(mat)
+}
+
 /// RGB8 image → BGR `Mat` (8-bit, 3 channels).
 pub fn rgb8_to_mat(img: &RgbImage) -> Result<Mat> {
-    let (w, h) = img.dimensions();
-    let mut rgb = cv(
-        Mat::new_rows_cols_with_default(h as i32, w as i32, opencv::core::CV_8UC3, 0.into()),
-        || "RGB→BGR".into(),
-    )?;
-    cv(rgb.data_bytes_mut(), || "RGB→BGR".into())?.copy_from_slice(img.as_raw());
+    let rgb = rgb_mat(img, "RGB→BGR")?;
     let mut bgr = Mat::default();
     cv(
         imgproc::cvt_color_def(&rgb, &mut bgr, imgproc::COLOR_RGB2BGR),
@@ -264,11 +270,7 @@ pub fn resize_rgb8(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> 
     }
     let (w, h) = img.dimensions();
     let ctx = || format!("resize {w}x{h} -> {width}x{height}");
-    let mut src = cv(
-        Mat::new_rows_cols_with_default(h as i32, w as i32, opencv::core::CV_8UC3, 0.into()),
-        ctx,
-    )?;
-    cv(src.data_bytes_mut(), ctx)?.copy_from_slice(img.as_raw());
+    let src = rgb_mat(img, &ctx())?;
     let shrink = u64::from(width) * u64::from(height) < u64::from(w) * u64::from(h);
     let mut dst = Mat::default();
     cv(

@@ -30,18 +30,11 @@ machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | x
 if [ "$device" != cpu ] && command -v nvidia-smi >/dev/null; then
   machine="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $machine"
 fi
-if [ ! -f "$work/data/dataset.toml" ]; then
-  "$rc" --quiet generate --clear datasets/samples/frames --out "$work/data" --size 192x108 \
-    --split 0.5,0.5,0 >/dev/null
-fi
+tools/untrained_runs.sh "$rc" "$work/runs" "$models"
 stats=()
 for m in $models; do
   arch=${m%%:*} preset=${m##*:}
   run="$work/runs/$arch-$preset"
-  if [ ! -f "$run/config.json" ]; then
-    "$rc" --quiet train derain --arch "$arch" --preset "$preset" --data "$work/data" --out "$run" \
-      --steps 1 --batch 1 --crop 64 >/dev/null
-  fi
   json="$work/$arch-$preset-$device-$dtype.json"
   "$rc" --quiet stream datasets/samples/video/solid_white_right.mp4 --model "$run" \
     --device "$device" --dtype "$dtype" --every-frame --max-frames "$frames" \

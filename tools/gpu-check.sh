@@ -33,17 +33,7 @@ prepare() {
   # A CPU binary makes the run folders and frames (the CUDA one needs a driver to start).
   cargo build --release --quiet
   local rc=target/release/raincheck
-  if [ ! -f "$dir/data/dataset.toml" ]; then
-    "$rc" --quiet generate --clear datasets/samples/frames --out "$dir/data" --size 192x108 \
-      --split 0.5,0.5,0 >/dev/null
-  fi
-  for m in unet:tiny vit:tiny prenet:tiny unet:base vit:base; do
-    local arch=${m%%:*} preset=${m##*:}
-    [ -f "$dir/runs/$arch-$preset/config.json" ] ||
-      "$rc" --quiet train derain --arch "$arch" --preset "$preset" --data "$dir/data" \
-        --out "$dir/runs/$arch-$preset" --steps 1 --batch 1 --crop 64 >/dev/null
-  done
-  rm -rf "$dir/data" "$dir"/runs/*/checkpoints   # only config.json + model.safetensors are needed
+  tools/untrained_runs.sh "$rc" "$dir/runs" "unet:tiny vit:tiny prenet:tiny unet:base vit:base"
   [ -d "$dir/frames" ] ||
     "$rc" --quiet frames datasets/samples/video/solid_white_right.mp4 --out "$dir/frames" \
       --every 10 --max-frames 8 >/dev/null

@@ -16,6 +16,7 @@
 mod source;
 pub mod stats;
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -335,19 +336,17 @@ impl VideoWriter {
 
 /// Resizes a frame (OpenCV's area/bilinear with the `video` feature, the `image` crate's
 /// triangle filter without).
-fn resize(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+/// Borrowed when the size already fits: no per-frame copy in the common case.
+fn resize(img: &RgbImage, width: u32, height: u32) -> Result<Cow<'_, RgbImage>> {
     if img.dimensions() == (width, height) {
-        return Ok(img.clone());
+        return Ok(Cow::Borrowed(img));
     }
     #[cfg(feature = "video")]
-    return Ok(crate::video::resize_rgb8(img, width, height)?);
+    let resized = crate::video::resize_rgb8(img, width, height)?;
     #[cfg(not(feature = "video"))]
-    return Ok(image::imageops::resize(
-        img,
-        width,
-        height,
-        image::imageops::FilterType::Triangle,
-    ));
+    let resized =
+        image::imageops::resize(img, width, height, image::imageops::FilterType::Triangle);
+    Ok(Cow::Owned(resized))
 }
 
 /// The outputs, opened before any work starts so that an unwritable path fails at once.
@@ -447,14 +446,13 @@ impl Sinks {
             return Ok(());
         };
         let (w, h) = self.source_size;
-        let back = |img: &RgbImage| resize(img, w, h);
-        let derained = back(&f.derained)?;
+        let derained = resize(&f.derained, w, h)?;
         let frame = if self.side_by_side {
-            let rainy = back(&f.frame.rainy)?;
+            let rainy = resize(&f.frame.rainy, w, h)?;
             let mut both = RgbImage::new(2 * w, h);
-            image::imageops::replace(&mut both, &rainy, 0, 0);
-            image::imageops::replace(&mut both, &derained, i64::from(w), 0);
-            both
+            image::imageops::replace(&mut both, &*rainy, 0, 0);
+            image::imageops::replace(&mut both, &*derained, i64::from(w), 0);
+            Cow::Owned(both)
         } else {
             derained
         };
@@ -468,7 +466,7 @@ impl Sinks {
         writer.write(&frame)?;
         self.video_frames += 1;
         if self.fill_gaps {
-            self.last = Some(frame);
+            self.last = Some(frame.into_owned());
         }
         Ok(())
     }
@@ -583,7 +581,7 @@ pub fn run(
                 for mut frame in pre_rx {
                     let t = Instant::now();
                     if frame.rainy.dimensions() != (pw, ph) {
-                        frame.rainy = resize(&frame.rainy, pw, ph)?;
+                        frame.rainy = resize(&frame.rainy, pw, ph)?.into_owned();
                     }
                     if let Some(r) = renderer {
                         let mut rainy = RgbImage::new(pw, ph);

@@ -66,6 +66,22 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
+/// A titled chart with room for axis labels.
+fn axes<'a: 'b, 'b>(
+    root: &'b DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    title: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Result<Chart<'b, 'a>, String> {
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())
+}
+
 fn legend<'a: 'b, 'b>(chart: &mut Chart<'b, 'a>) -> Result<(), String> {
     chart
         .configure_series_labels()
@@ -94,13 +110,7 @@ pub fn bars(
     let n = groups.len().max(1);
     let k = series.len().max(1);
     draw(path, (900, 500), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..n as f64, (lo - pad)..(hi + pad))
-            .map_err(|e| e.to_string())?;
+        let mut chart = axes(root, title, 0.0..n as f64, (lo - pad)..(hi + pad))?;
         let labels = groups.to_vec();
         chart
             .configure_mesh()
@@ -158,13 +168,7 @@ pub fn lines(
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let ypad = ((y1 - y0) * 0.1).max(0.1);
     draw(path, (900, 500), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - ypad)..(y1 + ypad))
-            .map_err(|e| e.to_string())?;
+        let mut chart = axes(root, title, x0..x1.max(x0 + 1.0), (y0 - ypad)..(y1 + ypad))?;
         chart
             .configure_mesh()
             .x_desc(x_label)
