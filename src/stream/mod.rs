@@ -641,6 +641,10 @@ pub fn run(
             })
         });
         // Sinks, on this thread.
+        let timing_entities: Vec<String> = STAGES
+            .iter()
+            .map(|stage| format!("{}/{stage}_ms", paths::TIMING))
+            .collect();
         let mut window: VecDeque<Instant> = VecDeque::new();
         let sink = || -> Result<()> {
             for f in sink_rx {
@@ -682,8 +686,8 @@ pub fn run(
                     window.pop_front();
                 }
                 if let Some(rec) = &sinks.rec {
-                    for (stage, v) in STAGES.iter().zip(ms) {
-                        rec.scalar(&format!("{}/{stage}_ms", paths::TIMING), v)?;
+                    for (entity, v) in timing_entities.iter().zip(ms) {
+                        rec.scalar(entity, v)?;
                     }
                     rec.scalar(paths::STATS_FPS, window.len() as f64)?;
                     rec.scalar(

@@ -580,8 +580,9 @@ fn evaluate(
     let json = report.join("report.json");
     if json.is_file() {
         let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
-        if let Ok(r) = serde_json::from_str(&text) {
-            return Ok(r);
+        match serde_json::from_str(&text) {
+            Ok(r) => return Ok(r),
+            Err(e) => tracing::warn!("{}: unreadable ({e}); evaluating again", json.display()),
         }
     }
     let is_file = model.is_file();
