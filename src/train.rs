@@ -222,16 +222,25 @@ impl AdamW {
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
+        let h = Hyper {
+            lr,
+            scale,
+            b1,
+            b2,
+            c1,
+            c2,
+            eps: self.eps,
+            decay: 1.0 - lr * self.weight_decay,
+        };
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let g = (g * scale)?;
-            let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.eps)?)?;
-            let decayed = (var.as_tensor() * (1.0 - lr * self.weight_decay))?;
-            var.set(&(decayed - (update * lr)?)?)?;
+            let (p, m, v) = match fused_update(var.as_tensor(), g, &self.m[i], &self.v[i], &h)? {
+                Some(new) => new,
+                None => tensor_update(var.as_tensor(), g, &self.m[i], &self.v[i], &h)?,
+            };
+            var.set(&p)?;
             self.m[i] = m;
             self.v[i] = v;
         }
@@ -278,11 +287,118 @@ impl AdamW {
     }
 }
 
+/// AdamW's constants for one update.
+struct Hyper {
+    lr: f64,
+    scale: f64,
+    b1: f64,
+    b2: f64,
+    /// Bias corrections `1 − βᵗ`.
+    c1: f64,
+    c2: f64,
+    eps: f64,
+    /// `1 − lr·weight_decay`.
+    decay: f64,
+}
+
+/// AdamW's update of one parameter from tensor ops (any device): the new parameter and moments.
+fn tensor_update(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: &Hyper,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let g = (g * h.scale)?;
+    let m = ((m * h.b1)? + (&g * (1.0 - h.b1))?)?;
+    let v = ((v * h.b2)? + (g.sqr()? * (1.0 - h.b2))?)?;
+    let update = ((&m / h.c1)? / ((&v / h.c2)?.sqrt()? + h.eps)?)?;
+    let p = ((p * h.decay)? - (update * h.lr)?)?;
+    Ok((p, m, v))
+}
+
+/// Calls `f` with the values of a contiguous f32 CPU tensor; `None` for any other tensor.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) => {
+            Some(f(&data[a..b]))
+        }
+        _ => None,
+    }
+}
+
+/// AdamW's update of one CPU f32 parameter in one pass, the same arithmetic as
+/// [`tensor_update`] (whose ~13 ops each allocate a result): the new parameter and moments, or
+/// `None` off the CPU.
+fn fused_update(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: &Hyper,
+) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
+    use rayon::prelude::*;
+    if !p.device().is_cpu() {
+        return Ok(None);
+    }
+    // candle applies scalars to f32 tensors as f32 multipliers and addends (`affine`), and
+    // divides by a scalar as a multiplication by its reciprocal.
+    let f = |x: f64| x as f32;
+    let (scale, b1, b2, eps) = (f(h.scale), f(h.b1), f(h.b2), f(h.eps));
+    let (one_b1, one_b2, inv_c1, inv_c2) =
+        (f(1.0 - h.b1), f(1.0 - h.b2), f(1.0 / h.c1), f(1.0 / h.c2));
+    let (decay, lr) = (f(h.decay), f(h.lr));
+    let n = p.elem_count();
+    let (mut p_new, mut m_new, mut v_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let done = with_cpu_f32(p, |p| {
+        with_cpu_f32(g, |g| {
+            with_cpu_f32(m, |m| {
+                with_cpu_f32(v, |v| {
+                    const CHUNK: usize = 1 << 14;
+                    p_new
+                        .par_chunks_mut(CHUNK)
+                        .zip(m_new.par_chunks_mut(CHUNK))
+                        .zip(v_new.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(k, ((po, mo), vo))| {
+                            let at = k * CHUNK;
+                            for j in 0..po.len() {
+                                let g = g[at + j] * scale;
+                                let m = m[at + j] * b1 + g * one_b1;
+                                let v = v[at + j] * b2 + g * g * one_b2;
+                                let update = (m * inv_c1) / ((v * inv_c2).sqrt() + eps);
+                                po[j] = p[at + j] * decay - update * lr;
+                                mo[j] = m;
+                                vo[j] = v;
+                            }
+                        });
+                })
+            })
+        })
+    });
+    if done.flatten().flatten().flatten().is_none() {
+        return Ok(None);
+    }
+    let shape = p.shape();
+    Ok(Some((
+        Tensor::from_vec(p_new, shape, &Device::Cpu)?,
+        Tensor::from_vec(m_new, shape, &Device::Cpu)?,
+        Tensor::from_vec(v_new, shape, &Device::Cpu)?,
+    )))
+}
+
 /// Global L2 norm of the gradients of `vars`.
 fn grad_norm(grads: &candle_core::backprop::GradStore, vars: &[(String, Var)]) -> Result<f64> {
     let mut sum = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
+            if let Some(s) = with_cpu_f32(g, |g| {
+                g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+            }) {
+                sum += s;
+                continue;
+            }
             sum += g
                 .sqr()?
                 .sum_all()?
@@ -742,6 +858,46 @@ fn checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass CPU update computes what the tensor ops compute (the path on other devices),
+    /// bit for bit, over several steps with decay, scaling and both bias corrections.
+    #[test]
+    fn fused_adamw_equals_the_tensor_ops() {
+        let n = 40_000; // more than one chunk of the parallel loop
+        let wave = |k: f32| {
+            let v: Vec<f32> = (0..n).map(|i| ((i as f32) * k).sin()).collect();
+            Tensor::from_vec(v, (200, 200), &Device::Cpu).unwrap()
+        };
+        let (mut p, mut m, mut v) = (
+            wave(0.37),
+            wave(0.0).zeros_like().unwrap(),
+            wave(0.0).zeros_like().unwrap(),
+        );
+        let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());
+        for t in 1..=4 {
+            let g = (wave(0.11 * t as f32) * 0.3).unwrap();
+            let h = Hyper {
+                lr: 1e-3 * t as f64,
+                scale: 0.7,
+                b1: 0.9,
+                b2: 0.999,
+                c1: 1.0 - 0.9f64.powi(t),
+                c2: 1.0 - 0.999f64.powi(t),
+                eps: 1e-8,
+                decay: 1.0 - 1e-3 * t as f64 * 0.01,
+            };
+            (p, m, v) = fused_update(&p, &g, &m, &v, &h)
+                .unwrap()
+                .expect("CPU f32 takes the fused path");
+            (p2, m2, v2) = tensor_update(&p2, &g, &m2, &v2, &h).unwrap();
+            for (a, b) in [(&p, &p2), (&m, &m2), (&v, &v2)] {
+                let d = crate::nn::max_abs_diff(a, b);
+                assert_eq!(d, 0.0, "step {t}");
+            }
+        }
+        let moved = crate::nn::max_abs_diff(&p, &wave(0.37));
+        assert!(moved > 1e-3, "the parameters moved: {moved}");
+    }
 
     /// The differentiable SSIM of the loss is the protocol's SSIM (scale-free: [0, 1] with
     /// C = (K·1)² equals 0–255 with C = (K·255)²), averaged over the channels, and has gradients.

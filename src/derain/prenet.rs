@@ -99,7 +99,7 @@ impl PReNet {
         let mut cell = hidden.clone();
         let mut x = input.clone();
         for _ in 0..self.cfg.iterations {
-            x = self.conv0.forward(&Tensor::cat(&[input, &x], 1)?)?.relu()?;
+            x = self.conv0.forward_relu(&Tensor::cat(&[input, &x], 1)?)?;
             let xh = Tensor::cat(&[&x, &hidden], 1)?;
             let i = candle_nn::ops::sigmoid(&self.conv_i.forward(&xh)?)?;
             let f = candle_nn::ops::sigmoid(&self.conv_f.forward(&xh)?)?;
@@ -109,7 +109,7 @@ impl PReNet {
             hidden = (o * cell.tanh()?)?;
             x = hidden.clone();
             for r in &self.res {
-                let y = r.b.forward(&r.a.forward(&x)?.relu()?)?.relu()?;
+                let y = r.b.forward_relu(&r.a.forward_relu(&x)?)?;
                 x = (y + &x)?.relu()?;
             }
             x = (self.conv.forward(&x)? + input)?;

@@ -73,7 +73,7 @@ impl ResBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs + self.conv2.forward(&self.conv1.forward(xs)?.relu()?)?
+        xs + self.conv2.forward(&self.conv1.forward_relu(xs)?)?
     }
 }
 
@@ -135,8 +135,7 @@ impl Unet {
         let (padded, size) = pad_to_multiple(xs, self.cfg.multiple())?;
         let mut h = self
             .stem
-            .forward(&pixel_unshuffle(&padded, self.cfg.unshuffle)?)?
-            .relu()?;
+            .forward_relu(&pixel_unshuffle(&padded, self.cfg.unshuffle)?)?;
         let mut skips = Vec::with_capacity(self.enc.len());
         for level in &self.enc {
             for b in &level.blocks {
@@ -144,12 +143,13 @@ impl Unet {
             }
             if let Some(down) = &level.resample {
                 skips.push(h.clone());
-                h = down.forward(&h)?.relu()?;
+                h = down.forward_relu(&h)?;
             }
         }
         for (level, skip) in self.dec.iter().zip(skips).rev() {
             let up = level.resample.as_ref().expect("decoder levels upsample");
-            h = (pixel_shuffle(&up.forward(&h)?, 2)?.relu()? + skip)?;
+            // ReLU before the shuffle: the same values, fused into the convolution.
+            h = (pixel_shuffle(&up.forward_relu(&h)?, 2)? + skip)?;
             for b in &level.blocks {
                 h = b.forward(&h)?;
             }
