@@ -11,7 +11,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
-use super::contiguous_f32;
+use super::{contiguous_f32, winograd};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -226,6 +226,18 @@ impl candle_core::CustomOp3 for ConvOp {
         let x = contiguous_f32(s1, l1, "conv2d")?;
         let w = contiguous_f32(s2, l2, "conv2d")?;
         let bias = contiguous_f32(s3, l3, "conv2d")?;
+        if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
+            let out = winograd::conv3x3(
+                x,
+                (g.b, g.c, g.h, g.w),
+                w,
+                cout,
+                Some(bias),
+                g.pad,
+                self.relu,
+            );
+            return Ok((CpuStorage::F32(out), Shape::from((g.b, cout, g.oh, g.ow))));
+        }
         let out_plane = g.oh * g.ow;
         let ckk = g.c * g.k * g.k;
         let threads = rayon::current_num_threads();
@@ -404,6 +416,29 @@ impl candle_core::CustomOp2 for ConvGradInput {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let w = contiguous_f32(s2, l2, "conv2d backward")?;
+        if winograd::applies(g.k, g.stride, g.k - 1 - g.pad.min(g.k - 1), cout, g.c) && g.pad < g.k
+        {
+            // A stride-1 convolution's input gradient is the convolution of the output gradient,
+            // padded by k − 1 − p, with the filters flipped and their channels swapped.
+            let mut flipped = vec![0f32; w.len()];
+            for co in 0..cout {
+                for ci in 0..g.c {
+                    for t in 0..9 {
+                        flipped[(ci * cout + co) * 9 + 8 - t] = w[(co * g.c + ci) * 9 + t];
+                    }
+                }
+            }
+            let dx = winograd::conv3x3(
+                dy,
+                (g.b, cout, g.oh, g.ow),
+                &flipped,
+                g.c,
+                None,
+                2 - g.pad,
+                false,
+            );
+            return Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))));
+        }
         let (kk, plane, out_plane) = (g.k * g.k, g.h * g.w, g.oh * g.ow);
         let ckk = g.c * kk;
         let threads = rayon::current_num_threads();
@@ -802,6 +837,9 @@ mod tests {
             (1, 8, 3, 20, 700, 7, 1, 3),
             // More images than threads, several strips each.
             (5, 16, 4, 24, 600, 3, 1, 1),
+            // Winograd F(2x2, 3x3) forward and input gradient (stride 1, ≥ 16 channels).
+            (2, 16, 16, 10, 12, 3, 1, 1),
+            (1, 16, 24, 9, 7, 3, 1, 0),
         ] {
             let x = Var::from_tensor(&rand(&[b, cin, h, w], 1)).unwrap();
             let wt = Var::from_tensor(&rand(&[cout, cin, k, k], 2)).unwrap();
@@ -993,6 +1031,7 @@ mod tests {
             (2, 4, 5, 9, 11, 3, 1, 1),
             (1, 6, 3, 12, 300, 3, 1, 1),
             (3, 2, 4, 8, 8, 3, 2, 1),
+            (2, 16, 20, 9, 11, 3, 1, 1),
         ] {
             let case = format!("b{b} c{cin}->{cout} {h}x{w} k{k} s{stride} p{pad}");
             let x = Var::from_tensor(&rand(&[b, cin, h, w], 21)).unwrap();

@@ -11,6 +11,7 @@
 mod conv;
 mod norm;
 mod pad;
+mod winograd;
 
 pub use conv::{Conv2d, ConvTranspose2d};
 
