@@ -442,64 +442,51 @@ impl candle_core::CustomOp2 for ConvGradInput {
         let (kk, plane, out_plane) = (g.k * g.k, g.h * g.w, g.oh * g.ow);
         let ckk = g.c * kk;
         let threads = rayon::current_num_threads();
-        let rows = strip_rows(&g, 1);
+        // A strip's fold reaches k − 1 input rows beyond its own (s·rows) rows: with at least
+        // k / s rows per strip, strips two apart never touch the same input rows, so the even
+        // strips run in parallel, then the odd ones.
+        let rows = strip_rows(&g, 2 * threads).max(g.k.div_ceil(g.stride));
+        let strips = g.oh.div_ceil(rows);
         let mut out = vec![0f32; g.b * g.c * plane];
-        // Strips of one image overlap in the input (k − 1 rows), so one task per image; with
-        // fewer images than threads, the images one after another with every thread in each
-        // product and fold.
-        let outer = g.b >= threads;
-        let inner = if outer {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(threads)
-        };
-        let image = |bi: usize, dx: &mut [f32], dcols: &mut Vec<f32>| {
-            for oy0 in (0..g.oh).step_by(rows) {
-                let oys = oy0..(oy0 + rows).min(g.oh);
-                let n = oys.len() * g.ow;
-                dcols.resize(ckk * n, 0.0);
-                // SAFETY: `w` is (cout, c·k·k) contiguous, read as its transpose; the strip of
-                // `dy` is (cout, n) with row stride oh·ow; `dcols` (c·k·k, n) is ours.
-                unsafe {
-                    product(
-                        (ckk, n, cout),
-                        (dcols.as_mut_ptr(), 1, n as isize),
-                        false,
-                        (w.as_ptr(), ckk as isize, 1),
-                        (
-                            dy.as_ptr().add(bi * cout * out_plane + oy0 * g.ow),
-                            1,
-                            out_plane as isize,
-                        ),
-                        inner,
-                    );
-                }
-                let fold = |c: usize, plane_dst: &mut [f32]| {
-                    for t in 0..kk {
-                        let src = &dcols[(c * kk + t) * n..][..n];
-                        fold_tap(&g, src, (t / g.k, t % g.k), oys.clone(), plane_dst);
-                    }
+        let dst = OutPtr(out.as_mut_ptr());
+        let run = |dcols: &mut Vec<f32>, (bi, si): (usize, usize)| {
+            let oys = si * rows..((si + 1) * rows).min(g.oh);
+            let n = oys.len() * g.ow;
+            dcols.resize(ckk * n, 0.0);
+            // SAFETY: `w` is (cout, c·k·k) contiguous, read as its transpose; the strip of `dy`
+            // is (cout, n) with row stride oh·ow; `dcols` (c·k·k, n) is this task's.
+            unsafe {
+                product(
+                    (ckk, n, cout),
+                    (dcols.as_mut_ptr(), 1, n as isize),
+                    false,
+                    (w.as_ptr(), ckk as isize, 1),
+                    (
+                        dy.as_ptr().add(bi * cout * out_plane + oys.start * g.ow),
+                        1,
+                        out_plane as isize,
+                    ),
+                    gemm::Parallelism::None,
+                );
+            }
+            let d = dst;
+            for c in 0..g.c {
+                // SAFETY: the strip folds into input rows no other task of this phase touches
+                // (see above), of image `bi` only.
+                let plane_dst = unsafe {
+                    std::slice::from_raw_parts_mut(d.0.add((bi * g.c + c) * plane), plane)
                 };
-                if outer {
-                    dx.chunks_exact_mut(plane)
-                        .enumerate()
-                        .for_each(|(c, p)| fold(c, p));
-                } else {
-                    dx.par_chunks_exact_mut(plane)
-                        .enumerate()
-                        .for_each(|(c, p)| fold(c, p));
+                for t in 0..kk {
+                    let src = &dcols[(c * kk + t) * n..][..n];
+                    fold_tap(&g, src, (t / g.k, t % g.k), oys.clone(), plane_dst);
                 }
             }
         };
-        if outer {
-            out.par_chunks_exact_mut(g.c * plane)
-                .enumerate()
-                .for_each_init(Vec::new, |dcols, (bi, dx)| image(bi, dx, dcols));
-        } else {
-            let mut dcols = Vec::new();
-            for (bi, dx) in out.chunks_exact_mut(g.c * plane).enumerate() {
-                image(bi, dx, &mut dcols);
-            }
+        for phase in 0..2 {
+            let tasks: Vec<(usize, usize)> = (0..g.b)
+                .flat_map(|bi| (phase..strips).step_by(2).map(move |si| (bi, si)))
+                .collect();
+            tasks.into_par_iter().for_each_init(Vec::new, run);
         }
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.h, g.w))))
     }
@@ -527,6 +514,10 @@ impl candle_core::CustomOp2 for ConvGradWeight {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let x = contiguous_f32(s2, l2, "conv2d backward")?;
+        if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
+            let dw = winograd::grad_weight3x3(x, (g.b, g.c, g.h, g.w), dy, cout, g.pad);
+            return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
+        }
         let out_plane = g.oh * g.ow;
         let ckk = g.c * g.k * g.k;
         let threads = rayon::current_num_threads();
@@ -555,8 +546,11 @@ impl candle_core::CustomOp2 for ConvGradWeight {
             }
             (acc, cols)
         };
-        let out = (0..g.b * strips)
+        let tasks = g.b * strips;
+        let out = (0..tasks)
             .into_par_iter()
+            // About one accumulator per thread (rayon would otherwise start one per split).
+            .with_min_len(tasks.div_ceil(threads).max(1))
             .fold(|| (vec![0f32; cout * ckk], Vec::new()), partial)
             .map(|(acc, _)| acc)
             .reduce_with(|mut a, b| {
@@ -782,7 +776,15 @@ impl Module for ConvTranspose2d {
             candle_core::bail!("conv_transpose2d: padding {p} leaves no output for {h}x{w}");
         }
         let (oh, ow) = (oh - 2 * p, ow - 2 * p);
-        let y = if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+        let tracked = xs.track_op() || self.weight.track_op();
+        let y = if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && !tracked {
+            // Nothing to differentiate: the product and fold per strip of input rows (the
+            // input gradient of the convolution whose adjoint this is), so the unfolded output
+            // (k·k times the output's size) never exists whole.
+            let g = Geometry::new((b, cout, oh, ow), k, s, p)?;
+            xs.contiguous()?
+                .apply_op2_no_bwd(&self.weight.contiguous()?, &ConvGradInput { g, cout: cin })?
+        } else if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
             // The output's unfolding has exactly h x w columns per image.
             let g = Geometry::new((b, cout, oh, ow), k, s, p)?;
             debug_assert_eq!((g.oh, g.ow), (h, w));
@@ -1020,6 +1022,34 @@ mod tests {
                     },
                 );
             }
+        }
+    }
+
+    /// The untracked transposed convolution (strips of input rows) equals the tracked one
+    /// (whole unfolding), for one image with many strips and for several images.
+    #[test]
+    fn transposed_untracked_strips_equal_the_tracked_path() {
+        for &(b, cin, cout, h, w, k, stride, pad, opad) in &[
+            (1, 6, 4, 30, 200, 3, 2, 1, 1),
+            (3, 5, 3, 7, 9, 4, 2, 1, 0),
+            (2, 16, 16, 6, 5, 3, 1, 1, 0),
+        ] {
+            let x = rand(&[b, cin, h, w], 31);
+            let wt = rand(&[cin, cout, k, k], 32);
+            let bias = rand(&[cout], 33);
+            let conv = ConvTranspose2d::new(wt.clone(), Some(bias.clone()), stride, pad, opad);
+            let plain = conv.forward(&x).unwrap();
+            let xv = Var::from_tensor(&x).unwrap();
+            let tracked = conv.forward(xv.as_tensor()).unwrap();
+            let reference = x
+                .conv_transpose2d(&wt, pad, opad, stride, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(plain.dims(), reference.dims());
+            let case = format!("b{b} {cin}->{cout} {h}x{w} k{k} s{stride}");
+            assert!(max_diff(&plain, &reference) < 1e-4, "{case}");
+            assert!(max_diff(&plain, &tracked) < 1e-4, "{case}");
         }
     }
 
