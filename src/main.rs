@@ -1050,10 +1050,8 @@ fn stream(a: StreamArgs, progress: bool) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     raincheck::runtime::keep_freed_memory();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Train(_)) {
-        // Before any thread starts: inference gains from it, training loses (see the function).
-        raincheck::runtime::prefer_short_spins();
-    }
+    // Before any thread starts (see the function).
+    raincheck::runtime::prefer_short_spins();
     init_logging(cli.quiet, cli.verbose);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()

@@ -11,6 +11,7 @@
 mod conv;
 mod norm;
 mod pad;
+mod shuffle;
 mod winograd;
 
 pub use conv::{Conv2d, ConvTranspose2d};
@@ -128,6 +129,16 @@ pub fn pad_to_multiple(xs: &Tensor, multiple: usize) -> Result<(Tensor, (usize, 
             })
             .collect()
     };
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        // The reflection-padding kernel takes any row and column maps.
+        let padded = xs.contiguous()?.apply_op1(pad::ReflectPad {
+            rows: tail(h, ph),
+            cols: tail(w, pw),
+            h,
+            w,
+        })?;
+        return Ok((padded, (h, w)));
+    }
     let rows = Tensor::new(tail(h, ph), dev)?;
     let cols = Tensor::new(tail(w, pw), dev)?;
     Ok((xs.index_select(&rows, 2)?.index_select(&cols, 3)?, (h, w)))
@@ -145,6 +156,14 @@ pub fn pixel_unshuffle(xs: &Tensor, r: usize) -> Result<Tensor> {
         return Ok(xs.clone());
     }
     let (b, c, h, w) = xs.dims4()?;
+    if h % r != 0 || w % r != 0 {
+        candle_core::bail!("pixel unshuffle by {r}: {h}x{w} is not a multiple of {r}");
+    }
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs
+            .contiguous()?
+            .apply_op1(shuffle::Shuffle { r, unshuffle: true });
+    }
     xs.reshape(vec![b, c, h / r, r, w / r, r])?
         .permute([0, 1, 3, 5, 2, 4])?
         .reshape((b, c * r * r, h / r, w / r))
@@ -156,6 +175,18 @@ pub fn pixel_shuffle(xs: &Tensor, r: usize) -> Result<Tensor> {
         return Ok(xs.clone());
     }
     let (b, c, h, w) = xs.dims4()?;
+    if c % (r * r) != 0 {
+        candle_core::bail!(
+            "pixel shuffle by {r}: {c} channels are not a multiple of {}",
+            r * r
+        );
+    }
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1(shuffle::Shuffle {
+            r,
+            unshuffle: false,
+        });
+    }
     let c = c / (r * r);
     xs.reshape(vec![b, c, r, r, h, w])?
         .permute([0, 1, 4, 2, 5, 3])?
@@ -398,6 +429,83 @@ mod tests {
                 g[i]
             );
         }
+    }
+
+    /// The pixel (un)shuffle and pad-to-multiple kernels equal their composites (reshape and
+    /// permute; `index_select`), values and gradients.
+    #[test]
+    fn shuffle_and_pad_kernels_match_their_composites() {
+        let dev = Device::Cpu;
+        let (b, c, h, w) = (2, 3, 8, 12);
+        let x = Var::from_tensor(
+            &arange4((b, c, h, w), &dev)
+                .unwrap()
+                .affine(0.01, -0.5)
+                .unwrap(),
+        )
+        .unwrap();
+        let check = |ours: Tensor, reference: Tensor, v: &Var, what: &str| {
+            assert_eq!(ours.dims(), reference.dims(), "{what}");
+            assert_eq!(max_abs_diff(&ours, &reference), 0.0, "{what}");
+            let probe = arange4(ours.dims4().unwrap(), &dev)
+                .unwrap()
+                .affine(0.37, 0.0)
+                .unwrap()
+                .sin()
+                .unwrap();
+            let g1 = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (reference * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, r) = (
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert!(max_abs_diff(a, r) < 1e-6, "{what} gradient");
+        };
+        for r in [2, 4] {
+            let reference = x
+                .as_tensor()
+                .reshape(vec![b, c, h / r, r, w / r, r])
+                .unwrap()
+                .permute([0, 1, 3, 5, 2, 4])
+                .unwrap()
+                .reshape((b, c * r * r, h / r, w / r))
+                .unwrap();
+            let ours = pixel_unshuffle(x.as_tensor(), r).unwrap();
+            check(ours, reference.clone(), &x, "unshuffle");
+            let u = Var::from_tensor(&reference.detach()).unwrap();
+            let reference = u
+                .as_tensor()
+                .reshape(vec![b, c, r, r, h / r, w / r])
+                .unwrap()
+                .permute([0, 1, 4, 2, 5, 3])
+                .unwrap()
+                .reshape((b, c, h, w))
+                .unwrap();
+            let ours = pixel_shuffle(u.as_tensor(), r).unwrap();
+            check(ours, reference, &u, "shuffle");
+        }
+        let (ours, _) = pad_to_multiple(x.as_tensor(), 5).unwrap();
+        let rows = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7, 6, 5], &dev).unwrap();
+        let cols = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 10, 9, 8], &dev).unwrap();
+        let reference = x
+            .as_tensor()
+            .index_select(&rows, 2)
+            .unwrap()
+            .index_select(&cols, 3)
+            .unwrap();
+        check(ours, reference, &x, "pad to a multiple of 5");
+        assert!(pixel_shuffle(x.as_tensor(), 2).is_err());
+        assert!(pixel_unshuffle(x.as_tensor(), 5).is_err());
     }
 
     #[test]
