@@ -11,12 +11,12 @@
 //! `blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`, `blocks.{i}.norm2`,
 //! `blocks.{i}.mlp.fc1`, `blocks.{i}.mlp.fc2`, `norm`, `head`, `refine`.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::conv;
-use crate::nn::{crop_to, layer_norm, pad_to_multiple, resize_bilinear};
+use crate::nn::{crop_to, gelu, layer_norm, pad_to_multiple, resize_bilinear, softmax_last_dim};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,12 +124,12 @@ impl Block {
             qkv.get(2)?.contiguous()?,
         );
         let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let att = softmax_last_dim(&att)?;
         let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         let xs = (xs + self.proj.forward(&out)?)?;
         let mlp = self
             .fc2
-            .forward(&self.fc1.forward(&self.norm2.forward(&xs)?)?.gelu()?)?;
+            .forward(&gelu(&self.fc1.forward(&self.norm2.forward(&xs)?)?)?)?;
         xs + mlp
     }
 }

@@ -9,6 +9,7 @@
 //! Shapes: `(b, c, h, w)`.
 
 mod conv;
+mod fused;
 mod norm;
 mod pad;
 mod shuffle;
@@ -196,12 +197,49 @@ pub fn pixel_shuffle(xs: &Tensor, r: usize) -> Result<Tensor> {
 /// Layer normalisation over the last dimension with an affine map (`candle_nn::LayerNorm` has no
 /// backward pass).
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        let d = xs.dims().last().copied().unwrap_or(0);
+        if weight.elem_count() != d || bias.elem_count() != d {
+            candle_core::bail!(
+                "layer norm over {d} values with a weight of {:?} and a bias of {:?}",
+                weight.dims(),
+                bias.dims()
+            );
+        }
+        return xs.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            fused::LayerNorm { eps: eps as f32 },
+        );
+    }
+    layer_norm_composite(xs, weight, bias, eps)
+}
+
+/// [`layer_norm`] from candle ops (other devices; the reference for the CPU kernel's tests).
+fn layer_norm_composite(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = xs.mean_keepdim(D::Minus1)?;
     let xc = xs.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     xc.broadcast_div(&(var + eps)?.sqrt()?)?
         .broadcast_mul(weight)?
         .broadcast_add(bias)
+}
+
+/// Softmax over the last dimension, differentiable (`candle_nn::ops::softmax_last_dim` has no
+/// backward pass).
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1(fused::Softmax);
+    }
+    candle_nn::ops::softmax(xs, D::Minus1)
+}
+
+/// GELU, tanh approximation (candle's `Tensor::gelu`), with its backward pass as one kernel.
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1(fused::Gelu);
+    }
+    xs.gelu()
 }
 
 /// The `(n_out, n_in)` matrix of 1-D linear interpolation with PyTorch's `align_corners=False`
@@ -506,6 +544,73 @@ mod tests {
         check(ours, reference, &x, "pad to a multiple of 5");
         assert!(pixel_shuffle(x.as_tensor(), 2).is_err());
         assert!(pixel_unshuffle(x.as_tensor(), 5).is_err());
+    }
+
+    /// The fused layer norm, softmax and GELU equal candle's composites, values and gradients
+    /// of every input.
+    #[test]
+    fn fused_kernels_match_the_composites() {
+        let dev = Device::Cpu;
+        let wave = |shape: (usize, usize, usize), k: f64| {
+            arange4((1, shape.0, shape.1, shape.2), &dev)
+                .unwrap()
+                .affine(k, 0.3)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .affine(3.0, 0.0)
+                .unwrap()
+                .reshape(shape)
+                .unwrap()
+        };
+        let x = Var::from_tensor(&wave((5, 7, 24), 0.61)).unwrap();
+        let weight = Var::from_tensor(&wave((1, 1, 24), 1.3).flatten_all().unwrap()).unwrap();
+        let bias = Var::from_tensor(&wave((1, 1, 24), 0.7).flatten_all().unwrap()).unwrap();
+        let probe = wave((5, 7, 24), 0.23);
+        let grads = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let cases: [(&str, Tensor, Tensor); 3] = [
+            (
+                "layer norm",
+                layer_norm(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), 1e-6).unwrap(),
+                layer_norm_composite(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), 1e-6)
+                    .unwrap(),
+            ),
+            (
+                "softmax",
+                softmax_last_dim(x.as_tensor()).unwrap(),
+                candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap(),
+            ),
+            (
+                "gelu",
+                gelu(x.as_tensor()).unwrap(),
+                x.as_tensor().gelu().unwrap(),
+            ),
+        ];
+        for (what, ours, reference) in cases {
+            let d = max_abs_diff(&ours, &reference);
+            assert!(d < 1e-5, "{what}: {d}");
+            let (g1, g2) = (grads(ours), grads(reference));
+            for (name, v) in [("x", &x), ("weight", &weight), ("bias", &bias)] {
+                match (g1.get(v.as_tensor()), g2.get(v.as_tensor())) {
+                    (Some(a), Some(r)) => {
+                        let d = max_abs_diff(a, r);
+                        let scale = r
+                            .abs()
+                            .unwrap()
+                            .max_all()
+                            .unwrap()
+                            .to_scalar::<f32>()
+                            .unwrap();
+                        assert!(
+                            scale > 0.0 && d < 1e-4 * scale.max(1.0),
+                            "{what} d{name}: {d}"
+                        );
+                    }
+                    (None, None) => assert_ne!(name, "x", "{what}"),
+                    _ => panic!("{what}: d{name} on one side only"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,300 @@
+//! Layer normalisation, softmax and GELU (tanh approximation) over the last dimension as one CPU
+//! kernel per direction. candle 0.11's fused versions of the first two have no backward pass, and
+//! the differentiable composites take 6–15 element-wise ops each way, every one a pass over
+//! memory that allocates its result: in a `vit tiny` training step they were most of the time.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+
+/// Rows per parallel task.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads()).max(1)
+}
+
+/// Mean and reciprocal standard deviation (population variance + `eps`) of one row.
+#[inline]
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `(x − mean) / sqrt(var + eps) · weight + bias` over the last dimension (`weight`, `bias`:
+/// that dimension's size).
+pub(super) struct LayerNorm {
+    pub eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "raincheck-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer norm")?;
+        let weight = contiguous_f32(s2, l2, "layer norm")?;
+        let bias = contiguous_f32(s3, l3, "layer norm")?;
+        let d = weight.len();
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(x.len() / d.max(1)) * d;
+        out.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(o, x)| {
+                for (orow, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let (mean, rstd) = moments(row, self.eps);
+                    for (((o, &v), &g), &b) in orow.iter_mut().zip(row).zip(weight).zip(bias) {
+                        *o = (v - mean) * rstd * g + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = weight.elem_count();
+        let grads = x.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &weight.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        // (dx, dweight, dbias) packed one after the other.
+        let n = x.elem_count();
+        let dx = grads.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = grads.narrow(0, n, d)?.reshape(weight.shape())?;
+        let db = grads.narrow(0, n + d, d)?.reshape(bias.shape())?;
+        Ok((
+            x.track_op().then_some(dx),
+            weight.track_op().then_some(dw),
+            bias.track_op().then_some(db),
+        ))
+    }
+}
+
+/// [`LayerNorm`]'s gradients from `(x, dy, weight)`, packed as one vector `dx ‖ dweight ‖ dbias`.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "raincheck-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer norm backward")?;
+        let dy = contiguous_f32(s2, l2, "layer norm backward")?;
+        let weight = contiguous_f32(s3, l3, "layer norm backward")?;
+        let d = weight.len();
+        let n = x.len();
+        let mut out = vec![0f32; n + 2 * d];
+        let (dx, _) = out.split_at_mut(n);
+        let per = rows_per_task(n / d.max(1)) * d;
+        let sums = dx
+            .par_chunks_mut(per)
+            .zip(x.par_chunks(per).zip(dy.par_chunks(per)))
+            .fold(
+                || (vec![0f32; d], vec![0f32; d], vec![0f32; d]),
+                |(mut dw, mut db, mut xhat), (dx, (x, dy))| {
+                    for ((dxr, row), dyr) in dx
+                        .chunks_exact_mut(d)
+                        .zip(x.chunks_exact(d))
+                        .zip(dy.chunks_exact(d))
+                    {
+                        let (mean, rstd) = moments(row, self.eps);
+                        let (mut m1, mut m2) = (0f32, 0f32);
+                        for j in 0..d {
+                            xhat[j] = (row[j] - mean) * rstd;
+                            dw[j] += dyr[j] * xhat[j];
+                            db[j] += dyr[j];
+                            let g = dyr[j] * weight[j];
+                            m1 += g;
+                            m2 += g * xhat[j];
+                        }
+                        let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                        for j in 0..d {
+                            dxr[j] = rstd * (dyr[j] * weight[j] - m1 - xhat[j] * m2);
+                        }
+                    }
+                    (dw, db, xhat)
+                },
+            )
+            .map(|(dw, db, _)| (dw, db))
+            .reduce(
+                || (vec![0f32; d], vec![0f32; d]),
+                |(mut a, mut b), (c, e)| {
+                    a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                    b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
+                    (a, b)
+                },
+            );
+        out[n..n + d].copy_from_slice(&sums.0);
+        out[n + d..].copy_from_slice(&sums.1);
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
+    }
+}
+
+/// Softmax over the last dimension (`d` values per row).
+pub(super) struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "raincheck-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "softmax")?;
+        let d = *layout.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(x.len() / d.max(1)) * d;
+        out.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(o, x)| {
+                for (orow, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let mut sum = 0f32;
+                    for (o, &v) in orow.iter_mut().zip(row) {
+                        *o = (v - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    orow.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            res.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
+        ))
+    }
+}
+
+/// `y ⊙ (g − Σ g ⊙ y)` per row, from the softmax's output `y` and gradient `g`.
+struct SoftmaxGrad;
+
+impl candle_core::CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "raincheck-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(s1, l1, "softmax backward")?;
+        let g = contiguous_f32(s2, l2, "softmax backward")?;
+        let d = *l1.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; y.len()];
+        let per = rows_per_task(y.len() / d.max(1)) * d;
+        out.par_chunks_mut(per)
+            .zip(y.par_chunks(per).zip(g.par_chunks(per)))
+            .for_each(|(o, (y, g))| {
+                for ((orow, yr), gr) in o
+                    .chunks_exact_mut(d)
+                    .zip(y.chunks_exact(d))
+                    .zip(g.chunks_exact(d))
+                {
+                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    for ((o, &y), &g) in orow.iter_mut().zip(yr).zip(gr) {
+                        *o = y * (g - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// √(2/π), GELU's tanh-approximation constant.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// GELU, tanh approximation (candle's `gelu`, PyTorch's `approximate="tanh"`):
+/// `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+pub(super) struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "raincheck-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "gelu")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh());
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?,
+        ))
+    }
+}
+
+/// `g · GELU'(x)`.
+struct GeluGrad;
+
+impl candle_core::CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "raincheck-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "gelu backward")?;
+        let g = contiguous_f32(s2, l2, "gelu backward")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
+            .for_each(|(o, (x, g))| {
+                for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
+                    let t = (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh();
+                    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+                    *o = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
