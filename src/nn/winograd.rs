@@ -455,8 +455,11 @@ fn transform_input_body(
     let x0 = (2 * blk.tx.0) as isize - pad as isize;
     for ci in 0..cin {
         let plane = &x[(blk.image * cin + ci) * h * w..][..h * w];
+        let vci = &mut s.v[ci * 16 * n..][..16 * n];
         for (r, ty) in (blk.ty.0..blk.ty.1).enumerate() {
-            for i in 0..4 {
+            // Input row 2ty + i − pad lives in slot (2ty + i) mod 4: the next tile row reuses
+            // this one's last two rows.
+            for i in if r == 0 { 0..4 } else { 2..4 } {
                 let iy = (2 * ty + i) as isize - pad as isize;
                 if iy < 0 || iy >= h as isize {
                     row.fill(0.0);
@@ -472,19 +475,18 @@ fn transform_input_body(
                         row[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
                     }
                 }
-                let (even, odd) = split[2 * i * half..][..2 * half].split_at_mut(half);
+                let slot = (2 * ty + i) % 4;
+                let (even, odd) = split[2 * slot * half..][..2 * half].split_at_mut(half);
                 for (e, pair) in row.chunks_exact(2).enumerate() {
                     even[e] = pair[0];
                     odd[e] = pair[1];
                 }
             }
             let t0 = r * ntx;
-            let mut rows16 = s.v[ci * 16 * n..][..16 * n].chunks_exact_mut(n);
-            let outs: [&mut [f32]; 16] =
-                std::array::from_fn(|_| &mut rows16.next().expect("16 rows")[t0..t0 + ntx]);
+            let slots: [usize; 4] = std::array::from_fn(|i| (2 * ty + i) % 4);
             let lanes = |i: usize, j: usize, t: usize| -> L {
                 // Column 2t + j of row i: even/odd lane t + j/2.
-                load(&split[(2 * i + j % 2) * half..][..half], t + j / 2)
+                load(&split[(2 * slots[i] + j % 2) * half..][..half], t + j / 2)
             };
             for t in (0..ntx).step_by(8) {
                 // Bᵀ d: the four rows combined, per column j.
@@ -511,7 +513,7 @@ fn transform_input_body(
                         sub(row[1], row[3]),
                     ];
                     for (j, v) in vals.iter().enumerate() {
-                        store(outs[i * 4 + j], t, v, take);
+                        store(&mut vci[(i * 4 + j) * n + t0..], t, v, take);
                     }
                 }
             }
@@ -690,6 +692,8 @@ mod tests {
             (1, 32, 16, 40, 700, 1, false),
             (2, 16, 24, 33, 31, 1, false),
             (1, 16, 16, 1, 1, 1, false),
+            // Tile rows wider than a block (blocks of part of one row).
+            (1, 64, 16, 6, 600, 1, true),
         ] {
             let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
             let x = rand(b * cin * h * w, 1);
