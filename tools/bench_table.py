@@ -59,7 +59,7 @@ def derain(peer, machine):
     old = median_ms(g, "conv6_32ch_b4_128_candle_fwd_bwd")
     new = median_ms(g, "conv6_32ch_b4_128_raincheck_fwd_bwd")
     yield (f"the same, candle 0.11's own conv2d (its backward uses conv_transpose2d) | criterion `{g}/conv6_32ch_b4_128/candle_fwd_bwd` | {machine} | "
-           f"{old:.1f} ms | raincheck's im2col conv: {new:.1f} ms | {old / new:.2f}x")
+           f"{old:.1f} ms | raincheck's conv: {new:.1f} ms | {old / new:.2f}x")
 
 
 def cyclegan(peer, machine):
