@@ -225,6 +225,24 @@ pub fn temp_path_for(path: &Path) -> PathBuf {
     path.with_file_name(tmp)
 }
 
+/// Removes from `dir` (not its subfolders) the temporary files a process killed mid-write left
+/// behind (the [`temp_path_for`] names: `.NAME.PID.tmp[.EXT]`); a missing `dir` is fine.
+pub fn remove_temp_files(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') && name.contains(".tmp") && p.is_file() {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` via a temporary file in the same folder, fsync and rename, so that
 /// `path` is either absent, or complete.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -374,6 +392,29 @@ pub fn load_depth_png(path: &Path, scale: f32) -> Result<(u32, u32, Vec<f32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Leftovers of a killed `write_atomic` go; everything else (also hidden files and folders)
+    /// stays; a missing folder is not an error.
+    #[test]
+    fn remove_temp_files_removes_only_temporary_files() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("model.safetensors");
+        let leftover = temp_path_for(&target);
+        for p in [
+            &leftover,
+            &target,
+            &t.path().join(".hidden"),
+            &t.path().join("a.tmp.txt"),
+        ] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        std::fs::create_dir(t.path().join(".dir.tmp")).unwrap();
+        remove_temp_files(t.path()).unwrap();
+        assert!(!leftover.exists());
+        assert!(target.exists() && t.path().join(".hidden").exists());
+        assert!(t.path().join("a.tmp.txt").exists() && t.path().join(".dir.tmp").is_dir());
+        remove_temp_files(&t.path().join("missing")).unwrap();
+    }
 
     fn gradient(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 40) as u8, (y * 60) as u8, 7]))

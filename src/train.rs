@@ -459,7 +459,13 @@ pub(crate) fn open_run_state<S: Default + for<'de> Deserialize<'de>>(
 ) -> Result<S> {
     let path = out.join(STATE_FILE);
     match (resume, path.is_file()) {
-        (true, true) => read_json(&path),
+        (true, true) => {
+            // A run killed while writing leaves its temporary file: never read, removed here.
+            for dir in [out.to_path_buf(), out.join("checkpoints")] {
+                image_io::remove_temp_files(&dir).map_err(io_err(&dir))?;
+            }
+            read_json(&path)
+        }
         (true, false) => Err(TrainError::Run {
             path: out.to_path_buf(),
             why: "has no state.json to resume from (start it without --resume)".into(),

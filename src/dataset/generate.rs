@@ -248,14 +248,7 @@ fn prepare_out(out: &Path, spec: &GenerationSpec) -> Result<Option<DatasetInfo>>
 
 /// Removes temporary files a killed run left behind (`.NAME.PID.tmp.EXT`).
 fn remove_temp_files(dir: &Path) -> Result<()> {
-    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let p = e.map_err(io_err(dir))?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') && name.contains(".tmp") {
-            std::fs::remove_file(&p).map_err(io_err(&p))?;
-        }
-    }
-    Ok(())
+    image_io::remove_temp_files(dir).map_err(io_err(dir))
 }
 
 /// Reads the journal of an interrupted run: its complete lines whose files still exist.

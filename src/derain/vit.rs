@@ -12,7 +12,7 @@
 //! `blocks.{i}.mlp.fc1`, `blocks.{i}.mlp.fc2`, `norm`, `head`, `refine`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::conv;
@@ -86,6 +86,30 @@ impl Norm {
     }
 }
 
+/// A linear layer (`weight` `(out, in)`, `bias`: PyTorch's names and candle_nn's
+/// initialisation) run through [`crate::nn::linear`].
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
+        let l = candle_nn::linear(input, output, vb)?;
+        Ok(Linear {
+            weight: l.weight().clone(),
+            bias: l
+                .bias()
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("linear layer without a bias".into()))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        crate::nn::linear(xs, &self.weight, Some(&self.bias))
+    }
+}
+
 struct Block {
     norm1: Norm,
     qkv: Linear,
@@ -101,11 +125,11 @@ impl Block {
         let d = cfg.dim;
         Ok(Block {
             norm1: Norm::new(d, vb.pp("norm1"))?,
-            qkv: candle_nn::linear(d, 3 * d, vb.pp("attn").pp("qkv"))?,
-            proj: candle_nn::linear(d, d, vb.pp("attn").pp("proj"))?,
+            qkv: Linear::new(d, 3 * d, vb.pp("attn").pp("qkv"))?,
+            proj: Linear::new(d, d, vb.pp("attn").pp("proj"))?,
             norm2: Norm::new(d, vb.pp("norm2"))?,
-            fc1: candle_nn::linear(d, cfg.mlp_ratio * d, vb.pp("mlp").pp("fc1"))?,
-            fc2: candle_nn::linear(cfg.mlp_ratio * d, d, vb.pp("mlp").pp("fc2"))?,
+            fc1: Linear::new(d, cfg.mlp_ratio * d, vb.pp("mlp").pp("fc1"))?,
+            fc2: Linear::new(cfg.mlp_ratio * d, d, vb.pp("mlp").pp("fc2"))?,
             heads: cfg.heads,
         })
     }
@@ -162,7 +186,7 @@ impl Vit {
                 .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
                 .collect::<Result<_>>()?,
             norm: Norm::new(cfg.dim, vb.pp("norm"))?,
-            head: candle_nn::linear(cfg.dim, p * p * 3, vb.pp("head"))?,
+            head: Linear::new(cfg.dim, p * p * 3, vb.pp("head"))?,
             refine: conv(3, 3, 3, 1, 0.1, vb.pp("refine"))?,
         })
     }

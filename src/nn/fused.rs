@@ -298,3 +298,86 @@ impl candle_core::CustomOp2 for GeluGrad {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+/// `x + bias` for `x` `(rows, d)` and `bias` `(d)`; backward: the gradient itself and its column
+/// sums (candle's broadcast add sums the bias gradient with a strided reduction).
+pub(super) struct AddBias;
+
+impl candle_core::CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "raincheck-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "bias add")?;
+        let bias = contiguous_f32(s2, l2, "bias add")?;
+        let d = bias.len();
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(x.len() / d.max(1)) * d;
+        out.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(o, x)| {
+                for (orow, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    for ((o, &v), &b) in orow.iter_mut().zip(row).zip(bias) {
+                        *o = v + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = if bias.track_op() {
+            Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?)
+        } else {
+            None
+        };
+        Ok((x.track_op().then(|| grad.clone()), db))
+    }
+}
+
+/// Column sums of a `(rows, d)` matrix.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "raincheck-column-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = contiguous_f32(storage, layout, "column sums")?;
+        let (_, d) = layout.shape().dims2()?;
+        let per = rows_per_task(g.len() / d.max(1)) * d;
+        let out = g
+            .par_chunks(per)
+            .fold(
+                || vec![0f32; d],
+                |mut acc, rows| {
+                    for row in rows.chunks_exact(d) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0f32; d],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}

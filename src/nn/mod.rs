@@ -234,6 +234,36 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(xs, D::Minus1)
 }
 
+/// A linear layer `x · Wᵀ + b` over the last dimension of `x` (PyTorch's `nn.Linear`: weight
+/// `(out, in)`, bias `(out)`), as one 2-D product over all leading dimensions (candle_nn's
+/// `Linear` broadcasts the weight over the batch, whose backward then sums a copy per image) and,
+/// on the CPU, the bias added by a kernel whose backward sums columns directly.
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = xs.dims().to_vec();
+    let d = dims.last().copied().unwrap_or(0);
+    let (out_features, in_features) = weight.dims2()?;
+    if d != in_features {
+        candle_core::bail!(
+            "linear: weight {:?} does not fit inputs of {d} features",
+            weight.dims()
+        );
+    }
+    let rows = xs.elem_count() / d.max(1);
+    let y = xs.reshape((rows, d))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) if y.device().is_cpu() && y.dtype() == DType::F32 => {
+            y.apply_op2(&b.contiguous()?, fused::AddBias)?
+        }
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = out_features;
+    }
+    y.reshape(out_dims)
+}
+
 /// GELU, tanh approximation (candle's `Tensor::gelu`), with its backward pass as one kernel.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() == DType::F32 {
@@ -544,6 +574,54 @@ mod tests {
         check(ours, reference, &x, "pad to a multiple of 5");
         assert!(pixel_shuffle(x.as_tensor(), 2).is_err());
         assert!(pixel_unshuffle(x.as_tensor(), 5).is_err());
+    }
+
+    /// [`linear`] equals `candle_nn::Linear` on a 3-D input, values and the gradients of input,
+    /// weight and bias.
+    #[test]
+    fn linear_matches_candle_nn() {
+        let dev = Device::Cpu;
+        let wave = |shape: &[usize], k: f64| {
+            let n: usize = shape.iter().product();
+            Tensor::arange(0u32, n as u32, &dev)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .affine(k, 0.1)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .reshape(shape)
+                .unwrap()
+        };
+        let x = Var::from_tensor(&wave(&[3, 5, 6], 0.37)).unwrap();
+        let w = Var::from_tensor(&wave(&[4, 6], 0.91)).unwrap();
+        let b = Var::from_tensor(&wave(&[4], 1.7)).unwrap();
+        let ours = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
+        let layer = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let reference = candle_core::Module::forward(&layer, x.as_tensor()).unwrap();
+        assert_eq!(ours.dims(), &[3, 5, 4]);
+        assert!(max_abs_diff(&ours, &reference) < 1e-5);
+        let probe = wave(&[3, 5, 4], 0.29);
+        let g1 = (ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (reference * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let d = max_abs_diff(
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-5, "{:?}: {d}", v.dims());
+        }
     }
 
     /// The fused layer norm, softmax and GELU equal candle's composites, values and gradients
