@@ -348,14 +348,11 @@ impl candle_core::CustomOp2 for ReluMask {
     ) -> Result<(CpuStorage, Shape)> {
         let grad = contiguous_f32(s1, l1, "relu mask")?;
         let res = contiguous_f32(s2, l2, "relu mask")?;
-        let mut out = vec![0f32; grad.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(grad.par_chunks(1 << 14).zip(res.par_chunks(1 << 14)))
-            .for_each(|(o, (g, r))| {
-                for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
-                    *o = if r > 0.0 { g } else { 0.0 };
-                }
-            });
+        let out = super::map_groups2(grad, res, 1, |o, g, r| {
+            for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
+                *o = if r > 0.0 { g } else { 0.0 };
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -6,12 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
-
-/// Rows per parallel task.
-fn rows_per_task(rows: usize) -> usize {
-    rows.div_ceil(4 * rayon::current_num_threads()).max(1)
-}
+use super::{contiguous_f32, group_len, map_groups, map_groups2, map_rows, map_rows2};
 
 /// Mean and reciprocal standard deviation (population variance + `eps`) of one row.
 #[inline]
@@ -45,19 +40,12 @@ impl CustomOp3 for LayerNorm {
         let x = contiguous_f32(s1, l1, "layer norm")?;
         let weight = contiguous_f32(s2, l2, "layer norm")?;
         let bias = contiguous_f32(s3, l3, "layer norm")?;
-        let d = weight.len();
-        let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(x.len() / d.max(1)) * d;
-        out.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(o, x)| {
-                for (orow, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    let (mean, rstd) = moments(row, self.eps);
-                    for (((o, &v), &g), &b) in orow.iter_mut().zip(row).zip(weight).zip(bias) {
-                        *o = (v - mean) * rstd * g + b;
-                    }
-                }
-            });
+        let out = map_rows(x, weight.len(), |orow, row| {
+            let (mean, rstd) = moments(row, self.eps);
+            for (((o, &v), &g), &b) in orow.iter_mut().zip(row).zip(weight).zip(bias) {
+                *o = (v - mean) * rstd * g + b;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -114,7 +102,7 @@ impl CustomOp3 for LayerNormGrad {
         let n = x.len();
         let mut out = vec![0f32; n + 2 * d];
         let (dx, _) = out.split_at_mut(n);
-        let per = rows_per_task(n / d.max(1)) * d;
+        let per = group_len(n, d);
         let sums = dx
             .par_chunks_mut(per)
             .zip(x.par_chunks(per).zip(dy.par_chunks(per)))
@@ -170,22 +158,16 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "softmax")?;
         let d = *layout.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(x.len() / d.max(1)) * d;
-        out.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(o, x)| {
-                for (orow, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut sum = 0f32;
-                    for (o, &v) in orow.iter_mut().zip(row) {
-                        *o = (v - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    orow.iter_mut().for_each(|o| *o *= inv);
-                }
-            });
+        let out = map_rows(x, d, |orow, row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0f32;
+            for (o, &v) in orow.iter_mut().zip(row) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            orow.iter_mut().for_each(|o| *o *= inv);
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -215,22 +197,12 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
         let y = contiguous_f32(s1, l1, "softmax backward")?;
         let g = contiguous_f32(s2, l2, "softmax backward")?;
         let d = *l1.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; y.len()];
-        let per = rows_per_task(y.len() / d.max(1)) * d;
-        out.par_chunks_mut(per)
-            .zip(y.par_chunks(per).zip(g.par_chunks(per)))
-            .for_each(|(o, (y, g))| {
-                for ((orow, yr), gr) in o
-                    .chunks_exact_mut(d)
-                    .zip(y.chunks_exact(d))
-                    .zip(g.chunks_exact(d))
-                {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for ((o, &y), &g) in orow.iter_mut().zip(yr).zip(gr) {
-                        *o = y * (g - dot);
-                    }
-                }
-            });
+        let out = map_rows2(y, g, d, |orow, yr, gr| {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((o, &y), &g) in orow.iter_mut().zip(yr).zip(gr) {
+                *o = y * (g - dot);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -249,14 +221,11 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "gelu")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(o, x)| {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh());
-                }
-            });
+        let out = map_groups(x, 1, |o, x| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh());
+            }
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -285,16 +254,13 @@ impl candle_core::CustomOp2 for GeluGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "gelu backward")?;
         let g = contiguous_f32(s2, l2, "gelu backward")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
-                    let t = (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh();
-                    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
-                    *o = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
-                }
-            });
+        let out = map_groups2(x, g, 1, |o, x, g| {
+            for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
+                let t = (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh();
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+                *o = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -317,18 +283,11 @@ impl candle_core::CustomOp2 for AddBias {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "bias add")?;
         let bias = contiguous_f32(s2, l2, "bias add")?;
-        let d = bias.len();
-        let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(x.len() / d.max(1)) * d;
-        out.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(o, x)| {
-                for (orow, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    for ((o, &v), &b) in orow.iter_mut().zip(row).zip(bias) {
-                        *o = v + b;
-                    }
-                }
-            });
+        let out = map_rows(x, bias.len(), |orow, row| {
+            for ((o, &v), &b) in orow.iter_mut().zip(row).zip(bias) {
+                *o = v + b;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -359,7 +318,7 @@ impl CustomOp1 for ColumnSums {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = contiguous_f32(storage, layout, "column sums")?;
         let (_, d) = layout.shape().dims2()?;
-        let per = rows_per_task(g.len() / d.max(1)) * d;
+        let per = group_len(g.len(), d);
         let out = g
             .par_chunks(per)
             .fold(

@@ -31,6 +31,72 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
     }
 }
 
+/// Values per parallel task when `len` values split into rows of `row`: whole rows, about four
+/// tasks per thread.
+fn group_len(len: usize, row: usize) -> usize {
+    let row = row.max(1);
+    (len / row)
+        .div_ceil(4 * rayon::current_num_threads())
+        .max(1)
+        * row
+}
+
+/// A new vector of `x.len()` values: `f(out, x)` on groups of whole `row`-value rows, in
+/// parallel (element-wise kernels pass `row` 1 and loop over the group).
+fn map_groups(x: &[f32], row: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; x.len()];
+    let per = group_len(x.len(), row);
+    out.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .for_each(|(o, x)| f(o, x));
+    out
+}
+
+/// [`map_groups`] over two inputs of the same length.
+fn map_groups2(
+    a: &[f32],
+    b: &[f32],
+    row: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    debug_assert_eq!(a.len(), b.len());
+    let mut out = vec![0f32; a.len()];
+    let per = group_len(a.len(), row);
+    out.par_chunks_mut(per)
+        .zip(a.par_chunks(per).zip(b.par_chunks(per)))
+        .for_each(|(o, (a, b))| f(o, a, b));
+    out
+}
+
+/// `f(out_row, x_row)` for every `row`-value row of `x`, in parallel, into a new vector.
+fn map_rows(x: &[f32], row: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    map_groups(x, row, |o, x| {
+        for (o, x) in o.chunks_exact_mut(row).zip(x.chunks_exact(row)) {
+            f(o, x);
+        }
+    })
+}
+
+/// [`map_rows`] over two inputs of the same shape.
+fn map_rows2(
+    a: &[f32],
+    b: &[f32],
+    row: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    map_groups2(a, b, row, |o, a, b| {
+        for ((o, a), b) in o
+            .chunks_exact_mut(row)
+            .zip(a.chunks_exact(row))
+            .zip(b.chunks_exact(row))
+        {
+            f(o, a, b);
+        }
+    })
+}
+
 /// Indices `-pad..n + pad` reflected into `0..n` without repeating the edge (PyTorch's
 /// `ReflectionPad`): for n = 3, pad = 2: `[2, 1, 0, 1, 2, 1, 0]`.
 fn reflect_indices(n: usize, pad: usize) -> Vec<u32> {
@@ -576,33 +642,37 @@ mod tests {
         assert!(pixel_unshuffle(x.as_tensor(), 5).is_err());
     }
 
+    /// `amp · sin(k·i + phase)` over the elements `i` of a tensor of `shape`: smooth, signed test
+    /// data.
+    fn wave(shape: &[usize], k: f64, phase: f64, amp: f64) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::arange(0u32, n as u32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .affine(k, phase)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .affine(amp, 0.0)
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
     /// [`linear`] equals `candle_nn::Linear` on a 3-D input, values and the gradients of input,
     /// weight and bias.
     #[test]
     fn linear_matches_candle_nn() {
-        let dev = Device::Cpu;
-        let wave = |shape: &[usize], k: f64| {
-            let n: usize = shape.iter().product();
-            Tensor::arange(0u32, n as u32, &dev)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap()
-                .affine(k, 0.1)
-                .unwrap()
-                .sin()
-                .unwrap()
-                .reshape(shape)
-                .unwrap()
-        };
-        let x = Var::from_tensor(&wave(&[3, 5, 6], 0.37)).unwrap();
-        let w = Var::from_tensor(&wave(&[4, 6], 0.91)).unwrap();
-        let b = Var::from_tensor(&wave(&[4], 1.7)).unwrap();
+        let x = Var::from_tensor(&wave(&[3, 5, 6], 0.37, 0.1, 1.0)).unwrap();
+        let w = Var::from_tensor(&wave(&[4, 6], 0.91, 0.1, 1.0)).unwrap();
+        let b = Var::from_tensor(&wave(&[4], 1.7, 0.1, 1.0)).unwrap();
         let ours = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
         let layer = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
         let reference = candle_core::Module::forward(&layer, x.as_tensor()).unwrap();
         assert_eq!(ours.dims(), &[3, 5, 4]);
         assert!(max_abs_diff(&ours, &reference) < 1e-5);
-        let probe = wave(&[3, 5, 4], 0.29);
+        let probe = wave(&[3, 5, 4], 0.29, 0.1, 1.0);
         let g1 = (ours * &probe)
             .unwrap()
             .sum_all()
@@ -628,23 +698,10 @@ mod tests {
     /// of every input.
     #[test]
     fn fused_kernels_match_the_composites() {
-        let dev = Device::Cpu;
-        let wave = |shape: (usize, usize, usize), k: f64| {
-            arange4((1, shape.0, shape.1, shape.2), &dev)
-                .unwrap()
-                .affine(k, 0.3)
-                .unwrap()
-                .sin()
-                .unwrap()
-                .affine(3.0, 0.0)
-                .unwrap()
-                .reshape(shape)
-                .unwrap()
-        };
-        let x = Var::from_tensor(&wave((5, 7, 24), 0.61)).unwrap();
-        let weight = Var::from_tensor(&wave((1, 1, 24), 1.3).flatten_all().unwrap()).unwrap();
-        let bias = Var::from_tensor(&wave((1, 1, 24), 0.7).flatten_all().unwrap()).unwrap();
-        let probe = wave((5, 7, 24), 0.23);
+        let x = Var::from_tensor(&wave(&[5, 7, 24], 0.61, 0.3, 3.0)).unwrap();
+        let weight = Var::from_tensor(&wave(&[24], 1.3, 0.3, 3.0)).unwrap();
+        let bias = Var::from_tensor(&wave(&[24], 0.7, 0.3, 3.0)).unwrap();
+        let probe = wave(&[5, 7, 24], 0.23, 0.3, 3.0);
         let grads = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let cases: [(&str, Tensor, Tensor); 3] = [
             (

@@ -3,9 +3,8 @@
 //! backward, one (image, channel) plane per task.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, map_rows, map_rows2};
 
 /// Mean and 1/sqrt(variance + eps) of a plane (population variance, f64 sums).
 fn plane_stats(x: &[f32], eps: f64) -> (f32, f32) {
@@ -28,15 +27,12 @@ impl CustomOp1 for InstanceNorm {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "instance norm")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(self.plane)
-            .zip(x.par_chunks(self.plane))
-            .for_each(|(o, x)| {
-                let (mean, inv) = plane_stats(x, self.eps);
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v - mean) * inv;
-                }
-            });
+        let out = map_rows(x, self.plane, |o, x| {
+            let (mean, inv) = plane_stats(x, self.eps);
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = (v - mean) * inv;
+            }
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -73,22 +69,19 @@ impl CustomOp2 for InstanceNormGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "instance norm")?;
         let g = contiguous_f32(s2, l2, "instance norm")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(self.plane)
-            .zip(x.par_chunks(self.plane).zip(g.par_chunks(self.plane)))
-            .for_each(|(o, (x, g))| {
-                let (mean, inv) = plane_stats(x, self.eps);
-                let n = x.len() as f64;
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                for (&v, &d) in x.iter().zip(g) {
-                    sg += d as f64;
-                    sgx += d as f64 * ((v - mean) * inv) as f64;
-                }
-                let (mg, mgx) = ((sg / n) as f32, (sgx / n) as f32);
-                for ((o, &v), &d) in o.iter_mut().zip(x).zip(g) {
-                    *o = (d - mg - (v - mean) * inv * mgx) * inv;
-                }
-            });
+        let out = map_rows2(x, g, self.plane, |o, x, g| {
+            let (mean, inv) = plane_stats(x, self.eps);
+            let n = x.len() as f64;
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for (&v, &d) in x.iter().zip(g) {
+                sg += d as f64;
+                sgx += d as f64 * ((v - mean) * inv) as f64;
+            }
+            let (mg, mgx) = ((sg / n) as f32, (sgx / n) as f32);
+            for ((o, &v), &d) in o.iter_mut().zip(x).zip(g) {
+                *o = (d - mg - (v - mean) * inv * mgx) * inv;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
