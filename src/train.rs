@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{self, Dataset, PairReader, ReaderConfig, Split};
@@ -317,12 +317,12 @@ fn tensor_update(
     Ok((p, m, v))
 }
 
-/// Calls `f` with the values of a contiguous f32 CPU tensor; `None` for any other tensor.
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
+/// The values of a contiguous f32 CPU tensor's storage (from `Tensor::storage_and_layout`);
+/// `None` for any other tensor.
+fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
         (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) => {
-            Some(f(&data[a..b]))
+            Some(&data[a..b])
         }
         _ => None,
     }
@@ -339,9 +339,6 @@ fn fused_update(
     h: &Hyper,
 ) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
     use rayon::prelude::*;
-    if !p.device().is_cpu() {
-        return Ok(None);
-    }
     // candle applies scalars to f32 tensors as f32 multipliers and addends (`affine`), and
     // divides by a scalar as a multiplication by its reciprocal.
     let f = |x: f64| x as f32;
@@ -349,37 +346,34 @@ fn fused_update(
     let (one_b1, one_b2, inv_c1, inv_c2) =
         (f(1.0 - h.b1), f(1.0 - h.b2), f(1.0 / h.c1), f(1.0 / h.c2));
     let (decay, lr) = (f(h.decay), f(h.lr));
-    let n = p.elem_count();
-    let (mut p_new, mut m_new, mut v_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    let done = with_cpu_f32(p, |p| {
-        with_cpu_f32(g, |g| {
-            with_cpu_f32(m, |m| {
-                with_cpu_f32(v, |v| {
-                    const CHUNK: usize = 1 << 14;
-                    p_new
-                        .par_chunks_mut(CHUNK)
-                        .zip(m_new.par_chunks_mut(CHUNK))
-                        .zip(v_new.par_chunks_mut(CHUNK))
-                        .enumerate()
-                        .for_each(|(k, ((po, mo), vo))| {
-                            let at = k * CHUNK;
-                            for j in 0..po.len() {
-                                let g = g[at + j] * scale;
-                                let m = m[at + j] * b1 + g * one_b1;
-                                let v = v[at + j] * b2 + g * g * one_b2;
-                                let update = (m * inv_c1) / ((v * inv_c2).sqrt() + eps);
-                                po[j] = p[at + j] * decay - update * lr;
-                                mo[j] = m;
-                                vo[j] = v;
-                            }
-                        });
-                })
-            })
-        })
-    });
-    if done.flatten().flatten().flatten().is_none() {
+    let storages = [p, g, m, v].map(|t| t.storage_and_layout());
+    let [Some(pv), Some(gv), Some(mv), Some(vv)] = storages.each_ref().map(|(s, l)| cpu_f32(s, l))
+    else {
         return Ok(None);
+    };
+    let n = pv.len();
+    if [gv, mv, vv].iter().any(|x| x.len() != n) {
+        return Ok(None); // the tensor ops report the mismatch
     }
+    let (mut p_new, mut m_new, mut v_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    const CHUNK: usize = 1 << 14;
+    p_new
+        .par_chunks_mut(CHUNK)
+        .zip(m_new.par_chunks_mut(CHUNK))
+        .zip(v_new.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(k, ((po, mo), vo))| {
+            let at = k * CHUNK;
+            for j in 0..po.len() {
+                let g = gv[at + j] * scale;
+                let m = mv[at + j] * b1 + g * one_b1;
+                let v = vv[at + j] * b2 + g * g * one_b2;
+                let update = (m * inv_c1) / ((v * inv_c2).sqrt() + eps);
+                po[j] = pv[at + j] * decay - update * lr;
+                mo[j] = m;
+                vo[j] = v;
+            }
+        });
     let shape = p.shape();
     Ok(Some((
         Tensor::from_vec(p_new, shape, &Device::Cpu)?,
@@ -393,12 +387,12 @@ fn grad_norm(grads: &candle_core::backprop::GradStore, vars: &[(String, Var)]) -
     let mut sum = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            if let Some(s) = with_cpu_f32(g, |g| {
-                g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
-            }) {
-                sum += s;
+            let (storage, layout) = g.storage_and_layout();
+            if let Some(values) = cpu_f32(&storage, layout) {
+                sum += values.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
                 continue;
             }
+            drop(storage);
             sum += g
                 .sqr()?
                 .sum_all()?

@@ -413,8 +413,7 @@ impl candle_core::CustomOp2 for ConvGradInput {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let w = contiguous_f32(s2, l2, "conv2d backward")?;
-        if winograd::applies(g.k, g.stride, g.k - 1 - g.pad.min(g.k - 1), cout, g.c) && g.pad < g.k
-        {
+        if g.pad < g.k && winograd::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c) {
             // A stride-1 convolution's input gradient is the convolution of the output gradient,
             // padded by k − 1 − p, with the filters flipped and their channels swapped.
             let mut flipped = vec![0f32; w.len()];
@@ -431,7 +430,7 @@ impl candle_core::CustomOp2 for ConvGradInput {
                 &flipped,
                 g.c,
                 None,
-                2 - g.pad,
+                g.k - 1 - g.pad,
                 false,
             );
             return Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))));
