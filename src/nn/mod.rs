@@ -314,6 +314,14 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
             weight.dims()
         );
     }
+    if let Some(b) = bias {
+        if b.elem_count() != out_features {
+            candle_core::bail!(
+                "linear: bias {:?} does not fit a weight of {out_features} outputs",
+                b.dims()
+            );
+        }
+    }
     let rows = xs.elem_count() / d.max(1);
     let y = xs.reshape((rows, d))?.matmul(&weight.t()?)?;
     let y = match bias {
@@ -672,6 +680,8 @@ mod tests {
         let reference = candle_core::Module::forward(&layer, x.as_tensor()).unwrap();
         assert_eq!(ours.dims(), &[3, 5, 4]);
         assert!(max_abs_diff(&ours, &reference) < 1e-5);
+        let wrong_bias = wave(&[5], 1.0, 0.0, 1.0);
+        assert!(linear(x.as_tensor(), w.as_tensor(), Some(&wrong_bias)).is_err());
         let probe = wave(&[3, 5, 4], 0.29, 0.1, 1.0);
         let g1 = (ours * &probe)
             .unwrap()
