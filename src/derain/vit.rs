@@ -4,8 +4,7 @@
 //! each token to its patch's pixels (linear to `patch²·3`, then fold), a 3x3 conv refinement, and a
 //! residual output `x + refine(fold(head(tokens)))`.
 //!
-//! Every op has a backward pass in candle 0.11 (layer norm and resampling from `crate::nn`,
-//! `ops::softmax` over the last dimension); a test checks that every parameter gets a gradient.
+//! Every op has a backward pass in candle 0.11 (layer norm, attention and resampling from `crate::nn`); a test checks that every parameter gets a gradient.
 //!
 //! Weight names (a file format): `patch_embed`, `pos_embed` (`(dim, grid, grid)`),
 //! `blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`, `blocks.{i}.norm2`,
@@ -16,7 +15,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::conv;
-use crate::nn::{crop_to, gelu, layer_norm, pad_to_multiple, resize_bilinear, softmax_last_dim};
+use crate::nn::{attention, crop_to, gelu, layer_norm, pad_to_multiple, resize_bilinear};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,21 +134,8 @@ impl Block {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = xs.dims3()?;
-        let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(&self.norm1.forward(xs)?)?
-            .reshape((b, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?; // (3, b, heads, n, hd)
-        let (q, k, v) = (
-            qkv.get(0)?.contiguous()?,
-            qkv.get(1)?.contiguous()?,
-            qkv.get(2)?.contiguous()?,
-        );
-        let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let att = softmax_last_dim(&att)?;
-        let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let qkv = self.qkv.forward(&self.norm1.forward(xs)?)?; // (b, n, 3d): q, k, v by head
+        let out = attention(&qkv, self.heads)?;
         let xs = (xs + self.proj.forward(&out)?)?;
         let mlp = self
             .fc2

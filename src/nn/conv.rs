@@ -11,7 +11,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
-use super::{contiguous_f32, winograd};
+use super::{contiguous_f32, winograd, OutPtr};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -166,13 +166,6 @@ fn unfold_strip(
         unfold_tap(g, src, (ki, kj), oys.clone(), chunk);
     }
 }
-
-/// A pointer into an output shared by tasks that write disjoint regions.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only its own region of the output (see each use).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// `dst = [dst +] lhs · rhs` for strided f32 matrices (`gemm`'s conventions: `*_cs` is the
 /// column stride, `*_rs` the row stride).

@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::vmath::{exp_shifted_sum, row_max, tanh_in_place};
 use super::{contiguous_f32, group_len, map_groups, map_groups2, map_rows, map_rows2};
 
 /// Mean and reciprocal standard deviation (population variance + `eps`) of one row.
@@ -159,13 +160,8 @@ impl CustomOp1 for Softmax {
         let x = contiguous_f32(storage, layout, "softmax")?;
         let d = *layout.dims().last().unwrap_or(&1);
         let out = map_rows(x, d, |orow, row| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for (o, &v) in orow.iter_mut().zip(row) {
-                *o = (v - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
+            orow.copy_from_slice(row);
+            let inv = 1.0 / exp_shifted_sum(orow, row_max(row));
             orow.iter_mut().for_each(|o| *o *= inv);
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -210,6 +206,14 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
 /// √(2/π), GELU's tanh-approximation constant.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
+/// `o ← tanh(√(2/π)(x + 0.044715x³))` (one vectorisable pass, then the vector tanh).
+fn gelu_tanh_arg(o: &mut [f32], x: &[f32]) {
+    for (o, &v) in o.iter_mut().zip(x) {
+        *o = SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v);
+    }
+    tanh_in_place(o);
+}
+
 /// GELU, tanh approximation (candle's `gelu`, PyTorch's `approximate="tanh"`):
 /// `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
 pub(super) struct Gelu;
@@ -222,8 +226,9 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "gelu")?;
         let out = map_groups(x, 1, |o, x| {
+            gelu_tanh_arg(o, x);
             for (o, &v) in o.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh());
+                *o = 0.5 * v * (1.0 + *o);
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -255,8 +260,9 @@ impl candle_core::CustomOp2 for GeluGrad {
         let x = contiguous_f32(s1, l1, "gelu backward")?;
         let g = contiguous_f32(s2, l2, "gelu backward")?;
         let out = map_groups2(x, g, 1, |o, x, g| {
+            gelu_tanh_arg(o, x);
             for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
-                let t = (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh();
+                let t = *o;
                 let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
                 *o = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
             }

@@ -8,11 +8,13 @@
 //! (`conv`, `norm`, `pad`); tests check them against finite differences and candle's ops.
 //! Shapes: `(b, c, h, w)`.
 
+mod attention;
 mod conv;
 mod fused;
 mod norm;
 mod pad;
 mod shuffle;
+mod vmath;
 mod winograd;
 
 pub use conv::{Conv2d, ConvTranspose2d};
@@ -30,6 +32,14 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
         None => candle_core::bail!("{what}: the input must be contiguous"),
     }
 }
+
+/// A pointer into an output shared by parallel tasks that write disjoint regions of it (the
+/// custom kernels' outputs; each use says which region is whose).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only its own region of the output (see each use).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
 
 /// Values per parallel task when `len` values split into rows of `row`: whole rows, about four
 /// tasks per thread.
@@ -298,6 +308,40 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
         return xs.contiguous()?.apply_op1(fused::Softmax);
     }
     candle_nn::ops::softmax(xs, D::Minus1)
+}
+
+/// Multi-head self-attention between the projections: `qkv` `(b, n, 3·d)` holds q, k and v side
+/// by side, each `d = heads·hd` wide with the heads in order (PyTorch's
+/// `reshape(b, n, 3, heads, hd)`); the result `(b, n, d)` is `softmax(q kᵀ / √hd) v` per head,
+/// heads side by side. On the CPU (f32) one fused op each way ([`attention::Attention`]: the
+/// `n x n` scores are never stored); elsewhere candle's ops.
+pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (_, _, d3) = qkv.dims3()?;
+    if heads == 0 || d3 % (3 * heads) != 0 {
+        candle_core::bail!("attention: {d3} features do not split into q, k, v of {heads} heads");
+    }
+    if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+        return qkv.contiguous()?.apply_op1(attention::Attention { heads });
+    }
+    attention_composite(qkv, heads)
+}
+
+/// [`attention`] from candle's ops (matmuls, softmax), for other devices and as the tests'
+/// reference.
+fn attention_composite(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d3) = qkv.dims3()?;
+    let (d, hd) = (d3 / 3, d3 / (3 * heads));
+    let qkv = qkv
+        .reshape((b, n, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?; // (3, b, heads, n, hd)
+    let (q, k, v) = (
+        qkv.get(0)?.contiguous()?,
+        qkv.get(1)?.contiguous()?,
+        qkv.get(2)?.contiguous()?,
+    );
+    let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let att = softmax_last_dim(&att)?;
+    att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))
 }
 
 /// A linear layer `x · Wᵀ + b` over the last dimension of `x` (PyTorch's `nn.Linear`: weight
@@ -648,6 +692,59 @@ mod tests {
         check(ours, reference, &x, "pad to a multiple of 5");
         assert!(pixel_shuffle(x.as_tensor(), 2).is_err());
         assert!(pixel_unshuffle(x.as_tensor(), 5).is_err());
+    }
+
+    /// The fused attention equals candle's composite (matmuls and softmax), values and the
+    /// gradient of `qkv`, with several query blocks (300 tokens) and a ragged last one.
+    #[test]
+    fn fused_attention_matches_the_composite() {
+        let (b, n, heads, hd) = (2, 300, 3, 8);
+        let qkv = Var::from_tensor(&wave(&[b, n, 3 * heads * hd], 0.731, 0.2, 1.5)).unwrap();
+        let probe = wave(&[b, n, heads * hd], 0.117, 1.0, 1.0);
+        let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+            let out = f(qkv.as_tensor()).unwrap();
+            let grads = (&out * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (out, grads.get(qkv.as_tensor()).unwrap().clone())
+        };
+        let (ours, g_ours) = run(&|x| attention(x, heads));
+        let (reference, g_ref) = run(&|x| attention_composite(x, heads));
+        assert_eq!(ours.dims(), &[b, n, heads * hd]);
+        assert!(max_abs_diff(&ours, &reference) < 1e-5);
+        let scale = g_ref
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(scale > 1e-2, "the probe reaches q, k and v");
+        assert!(
+            max_abs_diff(&g_ours, &g_ref) < 1e-5 * scale.max(1.0),
+            "{} (scale {scale})",
+            max_abs_diff(&g_ours, &g_ref)
+        );
+        // Every part (q, k, v) of every head gets a gradient.
+        for part in 0..3 * heads {
+            let g = g_ours.narrow(2, part * hd, hd).unwrap();
+            assert!(
+                g.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 1e-4
+            );
+        }
+        assert!(
+            attention(qkv.as_tensor(), 5).is_err(),
+            "72 features are not 3 x 5 heads"
+        );
     }
 
     /// `amp · sin(k·i + phase)` over the elements `i` of a tensor of `shape`: smooth, signed test

@@ -14,6 +14,7 @@
 //! consecutive in `V` and `M`). Rounding differs from the direct sum by a few ulps of the
 //! intermediate values (tests: ≤ 1e-4 on unit-scale data).
 
+use super::OutPtr;
 use rayon::prelude::*;
 
 /// `(b, c, h, w)` of the input.
@@ -114,13 +115,6 @@ fn blocks(b: usize, nty: usize, ntx: usize, cap: usize) -> Vec<Block> {
     }
     out
 }
-
-/// The output pointer shared by the blocks, which write disjoint tiles.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every block writes only the output pixels of its own tiles.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// Per-thread buffers: transformed input `V` (cin x 16 x tiles), products `M` (cout x 16 x
 /// tiles), 4 zero-padded input rows and 2 output rows.
