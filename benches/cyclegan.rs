@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn bench(c: &mut Criterion) {
     // As the `raincheck` binary runs.
-    raincheck::runtime::prefer_short_spins();
+    raincheck::runtime::tune_candle_pool();
     raincheck::runtime::keep_freed_memory();
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("cyclegan");

@@ -19,7 +19,7 @@ fn rand(shape: (usize, usize, usize, usize)) -> Tensor {
 
 fn bench(c: &mut Criterion) {
     // As the `raincheck` binary runs.
-    raincheck::runtime::prefer_short_spins();
+    raincheck::runtime::tune_candle_pool();
     raincheck::runtime::keep_freed_memory();
     let mut g = c.benchmark_group("derain");
     g.sample_size(10);

@@ -1051,7 +1051,7 @@ fn main() -> ExitCode {
     raincheck::runtime::keep_freed_memory();
     let cli = Cli::parse();
     // Before any thread starts (see the function).
-    raincheck::runtime::prefer_short_spins();
+    raincheck::runtime::tune_candle_pool();
     init_logging(cli.quiet, cli.verbose);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()

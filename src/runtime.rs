@@ -24,20 +24,29 @@ pub fn keep_freed_memory() {
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// candle's variable for the size of its element-wise thread pool (the calling thread included).
+const NUM_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
 /// candle's variable for how long its element-wise worker threads spin before they park.
 const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
-/// Makes candle's element-wise worker threads park after 200 spins instead of 25,000, unless the
-/// user set `CANDLE_BARRIER_POOL_SPIN_LIMIT`. Call first thing, before any tensor work (candle
-/// reads it once, when it starts its pool).
+/// Runs candle's element-wise ops (adds, the gradient sums of its backward pass) on the calling
+/// thread (`CANDLE_NUM_THREADS=1`), and makes its workers park after 200 spins instead of 25,000
+/// where the user asked for more threads; variables the user set are left alone. Call first
+/// thing, before any tensor work (candle reads both once, when it starts its pool). Rayon's
+/// pool, which runs raincheck's own kernels and the products, keeps every core.
 ///
-/// After each element-wise op a spinning worker holds a core that the convolutions' products need
-/// next. With short spins, on 2 cores (fifth session, after the fused convolutions): `unet tiny`
-/// on a 960x540 frame 15.7 → 13.5 ms, its training step 20.7 → 18.2 ms, a CycleGAN training
-/// step 2.31 → 2.12 s, `vit tiny`'s training step unchanged (111 vs 113 ms). (Before the fused
-/// convolutions training had been faster with the long default, so it was left alone then.)
-pub fn prefer_short_spins() {
-    if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
-        std::env::set_var(SPIN_LIMIT_VAR, "200");
+/// candle's pool is a second set of threads beside rayon's: on 2 cores each element-wise op
+/// handed work to a worker that then spun on the core the next product needed, or parked and
+/// had to be woken (a fifth of a `unet tiny` training step was yielding and waking). The ops
+/// left to candle are small next to the kernels, so one thread is enough. Sixth session, same
+/// machine, criterion medians, 2 → 1 threads: `unet tiny` 960x540 frame 15.9 → 13.1 ms, its
+/// training step 18.6 → 14.6 ms, `vit tiny` training step 30.7 → 26.5 ms, CycleGAN training
+/// step 2.03 → 1.95 s and translation 2.42 → 2.47 s (both within noise). (Fifth session: the
+/// short spins alone took `unet tiny` 15.7 → 13.5 ms and its training step 20.7 → 18.2 ms.)
+pub fn tune_candle_pool() {
+    for (var, value) in [(NUM_THREADS_VAR, "1"), (SPIN_LIMIT_VAR, "200")] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
     }
 }
