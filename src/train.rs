@@ -764,7 +764,7 @@ pub fn train_step(
     lr: f64,
 ) -> Result<f64> {
     let pred = m.model.forward(rainy)?;
-    let mut loss = (&pred - clean)?.abs()?.mean_all()?;
+    let mut loss = crate::nn::l1_loss(&pred, clean)?;
     if ssim_weight > 0.0 {
         let s = ssim_loss_term(&pred, clean)?;
         loss = (loss + ((1.0 - s)? * ssim_weight)?)?;

@@ -500,7 +500,7 @@ fn mse_to(x: &Tensor, target: f64) -> candle_core::Result<Tensor> {
 }
 
 fn l1(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
-    (x - y)?.abs()?.mean_all()
+    crate::nn::l1_loss(x, y)
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

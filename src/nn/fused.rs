@@ -346,3 +346,102 @@ impl CustomOp1 for ColumnSums {
         Ok((CpuStorage::F32(out), Shape::from(d)))
     }
 }
+
+/// The mean absolute difference of two tensors of one shape, as a scalar (one pass; candle's
+/// `(a − b).abs().mean_all()` takes three forward and about six backward passes, its `abs`
+/// gradient alone four).
+pub(super) struct L1Loss;
+
+impl candle_core::CustomOp2 for L1Loss {
+    fn name(&self) -> &'static str {
+        "raincheck-l1-loss"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous_f32(s1, l1, "l1 loss")?;
+        let b = contiguous_f32(s2, l2, "l1 loss")?;
+        let per = group_len(a.len(), 1);
+        // f32 partial sums per group, added in f64 in a fixed order (deterministic: resumed
+        // training must reproduce the same losses).
+        let partial: Vec<f64> = a
+            .par_chunks(per)
+            .zip(b.par_chunks(per))
+            .map(|(a, b)| {
+                let mut lanes = [0f32; 8];
+                let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+                let tail: f32 = ca
+                    .remainder()
+                    .iter()
+                    .zip(cb.remainder())
+                    .map(|(x, y)| (x - y).abs())
+                    .sum();
+                for (x, y) in ca.zip(cb) {
+                    for i in 0..8 {
+                        lanes[i] += (x[i] - y[i]).abs();
+                    }
+                }
+                lanes.iter().sum::<f32>() as f64 + tail as f64
+            })
+            .collect();
+        let sum: f64 = partial.iter().sum();
+        let mean = (sum / a.len().max(1) as f64) as f32;
+        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let scale = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?
+            / a.elem_count().max(1) as f32;
+        let da = a
+            .contiguous()?
+            .apply_op2_no_bwd(&b.contiguous()?, &L1Grad { scale })?;
+        let db = if b.track_op() { Some(da.neg()?) } else { None };
+        Ok((a.track_op().then_some(da), db))
+    }
+}
+
+/// `scale · sign(a − b)` (0 where they are equal, as PyTorch's `l1_loss`).
+struct L1Grad {
+    scale: f32,
+}
+
+impl candle_core::CustomOp2 for L1Grad {
+    fn name(&self) -> &'static str {
+        "raincheck-l1-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous_f32(s1, l1, "l1 loss backward")?;
+        let b = contiguous_f32(s2, l2, "l1 loss backward")?;
+        let s = self.scale;
+        let out = map_groups2(a, b, 1, |o, a, b| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = if x > y {
+                    s
+                } else if x < y {
+                    -s
+                } else {
+                    0.0
+                };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

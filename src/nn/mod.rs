@@ -310,6 +310,19 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(xs, D::Minus1)
 }
 
+/// The mean absolute difference `mean(|a − b|)` of two tensors of one shape, as a scalar
+/// (PyTorch's `l1_loss`: its gradient is 0 where they are equal). One kernel each way on the CPU
+/// (f32); candle's ops elsewhere.
+pub fn l1_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("l1 loss: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        return a.contiguous()?.apply_op2(&b.contiguous()?, fused::L1Loss);
+    }
+    (a - b)?.abs()?.mean_all()
+}
+
 /// Multi-head self-attention between the projections: `qkv` `(b, n, 3·d)` holds q, k and v side
 /// by side, each `d = heads·hd` wide with the heads in order (PyTorch's
 /// `reshape(b, n, 3, heads, hd)`); the result `(b, n, d)` is `softmax(q kᵀ / √hd) v` per head,
@@ -692,6 +705,50 @@ mod tests {
         check(ours, reference, &x, "pad to a multiple of 5");
         assert!(pixel_shuffle(x.as_tensor(), 2).is_err());
         assert!(pixel_unshuffle(x.as_tensor(), 5).is_err());
+    }
+
+    /// The fused L1 loss equals candle's composite, value and gradients of both inputs (ties
+    /// get a zero gradient, as in PyTorch).
+    #[test]
+    fn fused_l1_loss_matches_the_composite() {
+        let a = Var::from_tensor(&wave(&[2, 3, 5, 7], 0.61, 0.3, 1.0)).unwrap();
+        let b = Var::from_tensor(&wave(&[2, 3, 5, 7], 0.23, 1.1, 0.8)).unwrap();
+        let ours = l1_loss(a.as_tensor(), b.as_tensor()).unwrap();
+        let reference = (a.as_tensor() - b.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let (x, y) = (
+            ours.to_scalar::<f32>().unwrap(),
+            reference.to_scalar::<f32>().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-6 && x > 0.1, "{x} vs {y}");
+        let g1 = (ours * 3.0).unwrap().backward().unwrap();
+        let g2 = (reference * 3.0).unwrap().backward().unwrap();
+        for v in [&a, &b] {
+            let (p, q) = (
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert!(max_abs_diff(p, q) < 1e-7, "{}", max_abs_diff(p, q));
+        }
+        let same = l1_loss(a.as_tensor(), a.as_tensor()).unwrap();
+        assert_eq!(same.to_scalar::<f32>().unwrap(), 0.0);
+        let g = same.backward().unwrap();
+        assert_eq!(
+            g.get(a.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        assert!(l1_loss(a.as_tensor(), &b.as_tensor().narrow(3, 0, 6).unwrap()).is_err());
     }
 
     /// The fused attention equals candle's composite (matmuls and softmax), values and the
