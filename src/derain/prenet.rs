@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::conv;
+use crate::nn::{lstm_cell, Conv2d};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,19 +52,19 @@ impl Config {
 }
 
 struct ResConv {
-    a: crate::nn::Conv2d,
-    b: crate::nn::Conv2d,
+    a: Conv2d,
+    b: Conv2d,
 }
 
 pub struct PReNet {
     cfg: Config,
-    conv0: crate::nn::Conv2d,
+    conv0: Conv2d,
     res: Vec<ResConv>,
-    conv_i: crate::nn::Conv2d,
-    conv_f: crate::nn::Conv2d,
-    conv_g: crate::nn::Conv2d,
-    conv_o: crate::nn::Conv2d,
-    conv: crate::nn::Conv2d,
+    conv_i: Conv2d,
+    conv_f: Conv2d,
+    conv_g: Conv2d,
+    conv_o: Conv2d,
+    conv: Conv2d,
 }
 
 impl PReNet {
@@ -98,15 +99,13 @@ impl PReNet {
         let mut hidden = Tensor::zeros((b, c, h, w), input.dtype(), input.device())?;
         let mut cell = hidden.clone();
         let mut x = input.clone();
+        let gates = Conv2d::concat(&[&self.conv_i, &self.conv_f, &self.conv_g, &self.conv_o])?;
         for _ in 0..self.cfg.iterations {
             x = self.conv0.forward_relu(&Tensor::cat(&[input, &x], 1)?)?;
             let xh = Tensor::cat(&[&x, &hidden], 1)?;
-            let i = candle_nn::ops::sigmoid(&self.conv_i.forward(&xh)?)?;
-            let f = candle_nn::ops::sigmoid(&self.conv_f.forward(&xh)?)?;
-            let g = self.conv_g.forward(&xh)?.tanh()?;
-            let o = candle_nn::ops::sigmoid(&self.conv_o.forward(&xh)?)?;
-            cell = ((f * &cell)? + (i * g)?)?;
-            hidden = (o * cell.tanh()?)?;
+            // The four gate convolutions as one (one pass over `xh`), then the LSTM update.
+            let (c2, h2) = lstm_cell(&gates.forward(&xh)?, &cell)?;
+            (cell, hidden) = (c2, h2);
             x = hidden.clone();
             for r in &self.res {
                 let y = r.b.forward_relu(&r.a.forward_relu(&x)?)?;

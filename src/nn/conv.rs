@@ -663,6 +663,37 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The convolutions' outputs side by side as one convolution (weights and biases
+    /// concatenated; all take the same input and have biases). Built from the weights as they are
+    /// now, so build it for each forward pass in training: the gradients reach each part.
+    pub fn concat(convs: &[&Conv2d]) -> Result<Conv2d> {
+        let first = convs
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("concat of no convolutions".into()))?;
+        let weights: Vec<&Tensor> = convs.iter().map(|c| &c.weight).collect();
+        let biases = convs
+            .iter()
+            .map(|c| c.bias.as_ref())
+            .collect::<Option<Vec<&Tensor>>>()
+            .ok_or_else(|| candle_core::Error::Msg("concat of convolutions without bias".into()))?;
+        if convs
+            .iter()
+            .any(|c| (c.stride, c.padding) != (first.stride, first.padding))
+        {
+            candle_core::bail!("concat of convolutions with different strides or padding");
+        }
+        Ok(Conv2d::new(
+            Tensor::cat(&weights, 0)?,
+            Some(Tensor::cat(&biases, 0)?),
+            first.stride,
+            first.padding,
+        ))
+    }
 }
 
 impl Conv2d {

@@ -6,8 +6,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::vmath::{exp_shifted_sum, row_max, tanh_in_place};
-use super::{contiguous_f32, group_len, map_groups, map_groups2, map_rows, map_rows2};
+use super::vmath::{exp_shifted_sum, row_max, sigmoid_in_place, tanh_in_place};
+use super::{contiguous_f32, group_len, map_groups, map_groups2, map_rows, map_rows2, OutPtr};
 
 /// Mean and reciprocal standard deviation (population variance + `eps`) of one row.
 #[inline]
@@ -443,5 +443,206 @@ impl candle_core::CustomOp2 for L1Grad {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Values per task of the LSTM kernels (a few per-thread buffers of this size stay in L1/L2).
+const LSTM_CHUNK: usize = 2048;
+
+/// The LSTM's activations on `n` positions of one channel: `i, f, g, o` from the gates' planes
+/// at `at` (each `plane` apart), the new cell `c'` from the cell at `cell`, and `tanh(c')`.
+/// `buf` ends up holding `[i, f, g, o, c', tanh c']`, `n` values each.
+///
+/// # Safety
+/// `gates` must hold 4 planes of `plane` values from `at` on, `cell` `n` values.
+unsafe fn lstm_activations(gates: *const f32, plane: usize, cell: &[f32], buf: &mut Vec<f32>) {
+    let n = cell.len();
+    buf.resize(6 * n, 0.0);
+    let (acts, rest) = buf.split_at_mut(4 * n);
+    for (k, a) in acts.chunks_exact_mut(n).enumerate() {
+        a.copy_from_slice(std::slice::from_raw_parts(gates.add(k * plane), n));
+        if k == 2 {
+            tanh_in_place(a);
+        } else {
+            sigmoid_in_place(a);
+        }
+    }
+    let (i, f, g) = (&acts[..n], &acts[n..2 * n], &acts[2 * n..3 * n]);
+    let (c2, tc) = rest.split_at_mut(n);
+    for j in 0..n {
+        c2[j] = f[j] * cell[j] + i[j] * g[j];
+    }
+    tc.copy_from_slice(c2);
+    tanh_in_place(tc);
+}
+
+/// Shape checks of the LSTM kernels: `(b, c, h·w)` from gates `(b, 4c, h, w)` and cell
+/// `(b, c, h, w)`.
+fn lstm_dims(gates: &Layout, cell: &Layout) -> Result<(usize, usize, usize)> {
+    let (b, c4, h, w) = gates.shape().dims4()?;
+    if c4 % 4 != 0 || cell.shape().dims4()? != (b, c4 / 4, h, w) {
+        candle_core::bail!(
+            "lstm cell: gates {:?} do not fit the cell {:?}",
+            gates.shape(),
+            cell.shape()
+        );
+    }
+    Ok((b, c4 / 4, h * w))
+}
+
+/// Tasks of the LSTM kernels: (image, channel, chunk of the plane).
+fn lstm_tasks(
+    b: usize,
+    c: usize,
+    hw: usize,
+) -> impl IndexedParallelIterator<Item = (usize, usize, std::ops::Range<usize>)> {
+    let chunks = hw.div_ceil(LSTM_CHUNK).max(1);
+    (0..b * c * chunks).into_par_iter().map(move |t| {
+        let (plane, k) = (t / chunks, t % chunks);
+        (
+            plane / c,
+            plane % c,
+            k * LSTM_CHUNK..((k + 1) * LSTM_CHUNK).min(hw),
+        )
+    })
+}
+
+/// A convolutional LSTM's update from gate pre-activations `(b, 4c, h, w)` (input, forget, cell,
+/// output gates) and the cell state `(b, c, h, w)`: `[c' | h']` as `(b, 2c, h, w)`, with
+/// `c' = f⊙c + i⊙g`, `h' = o⊙tanh(c')` (i, f, o: sigmoid; g: tanh).
+pub(super) struct LstmCell;
+
+impl candle_core::CustomOp2 for LstmCell {
+    fn name(&self) -> &'static str {
+        "raincheck-lstm-cell"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gates = contiguous_f32(s1, l1, "lstm cell")?;
+        let cell = contiguous_f32(s2, l2, "lstm cell")?;
+        let (b, c, hw) = lstm_dims(l1, l2)?;
+        let mut out = vec![0f32; b * 2 * c * hw];
+        let dst = OutPtr(out.as_mut_ptr());
+        lstm_tasks(b, c, hw).for_each_init(Vec::new, |buf, (bi, ch, r)| {
+            let n = r.len();
+            let d = dst;
+            // SAFETY: gates are (b, 4c, hw) and the cell (b, c, hw); this task writes positions
+            // `r` of channels ch and c + ch of image bi of the (b, 2c, hw) output, which no other
+            // task touches.
+            unsafe {
+                let g = gates.as_ptr().add((bi * 4 * c + ch) * hw + r.start);
+                let cl = &cell[(bi * c + ch) * hw..][r.clone()];
+                lstm_activations(g, c * hw, cl, buf);
+                let o = &buf[3 * n..4 * n];
+                let (c2, tc) = (&buf[4 * n..5 * n], &buf[5 * n..]);
+                let oc =
+                    std::slice::from_raw_parts_mut(d.0.add((bi * 2 * c + ch) * hw + r.start), n);
+                oc.copy_from_slice(c2);
+                let oh = std::slice::from_raw_parts_mut(
+                    d.0.add((bi * 2 * c + c + ch) * hw + r.start),
+                    n,
+                );
+                for j in 0..n {
+                    oh[j] = o[j] * tc[j];
+                }
+            }
+        });
+        let (_, _, h, w) = l1.shape().dims4()?;
+        Ok((CpuStorage::F32(out), Shape::from((b, 2 * c, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        gates: &Tensor,
+        cell: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let c4 = gates.dim(1)?;
+        let packed = gates.contiguous()?.apply_op3_no_bwd(
+            &cell.contiguous()?,
+            &grad.contiguous()?,
+            &LstmCellGrad,
+        )?;
+        let dgates = gates
+            .track_op()
+            .then(|| packed.narrow(1, 0, c4))
+            .transpose()?;
+        let dcell = cell
+            .track_op()
+            .then(|| packed.narrow(1, c4, c4 / 4))
+            .transpose()?;
+        Ok((dgates, dcell))
+    }
+}
+
+/// The gradients of [`LstmCell`] from the gates, the cell and `[dc' | dh']`: `[d gates | d cell]`
+/// as `(b, 5c, h, w)` (the activations are recomputed, not stored).
+struct LstmCellGrad;
+
+impl CustomOp3 for LstmCellGrad {
+    fn name(&self) -> &'static str {
+        "raincheck-lstm-cell-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gates = contiguous_f32(s1, l1, "lstm cell backward")?;
+        let cell = contiguous_f32(s2, l2, "lstm cell backward")?;
+        let grad = contiguous_f32(s3, l3, "lstm cell backward")?;
+        let (b, c, hw) = lstm_dims(l1, l2)?;
+        let mut out = vec![0f32; b * 5 * c * hw];
+        let dst = OutPtr(out.as_mut_ptr());
+        lstm_tasks(b, c, hw).for_each_init(Vec::new, |buf, (bi, ch, r)| {
+            let n = r.len();
+            let d = dst;
+            // SAFETY: as in the forward; this task writes positions `r` of channels k·c + ch
+            // (k = 0..5) of image bi of the (b, 5c, hw) output, which no other task touches.
+            unsafe {
+                let g = gates.as_ptr().add((bi * 4 * c + ch) * hw + r.start);
+                let cl = &cell[(bi * c + ch) * hw..][r.clone()];
+                lstm_activations(g, c * hw, cl, buf);
+                let (i, f, gg, o) = (
+                    &buf[..n],
+                    &buf[n..2 * n],
+                    &buf[2 * n..3 * n],
+                    &buf[3 * n..4 * n],
+                );
+                let tc = &buf[5 * n..];
+                let dc2 = &grad[(bi * 2 * c + ch) * hw..][r.clone()];
+                let dh2 = &grad[(bi * 2 * c + c + ch) * hw..][r.clone()];
+                let out_at = |k: usize| {
+                    std::slice::from_raw_parts_mut(
+                        d.0.add((bi * 5 * c + k * c + ch) * hw + r.start),
+                        n,
+                    )
+                };
+                let (di, df, dg, dout, dcell) =
+                    (out_at(0), out_at(1), out_at(2), out_at(3), out_at(4));
+                for j in 0..n {
+                    let dct = dc2[j] + dh2[j] * o[j] * (1.0 - tc[j] * tc[j]);
+                    di[j] = dct * gg[j] * i[j] * (1.0 - i[j]);
+                    df[j] = dct * cl[j] * f[j] * (1.0 - f[j]);
+                    dg[j] = dct * i[j] * (1.0 - gg[j] * gg[j]);
+                    dout[j] = dh2[j] * tc[j] * o[j] * (1.0 - o[j]);
+                    dcell[j] = dct * f[j];
+                }
+            }
+        });
+        let (_, _, h, w) = l1.shape().dims4()?;
+        Ok((CpuStorage::F32(out), Shape::from((b, 5 * c, h, w))))
     }
 }

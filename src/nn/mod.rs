@@ -323,6 +323,41 @@ pub fn l1_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     (a - b)?.abs()?.mean_all()
 }
 
+/// A convolutional LSTM's state update from the gate pre-activations `(b, 4c, h, w)` (input,
+/// forget, cell and output gates, in that order) and the cell state `(b, c, h, w)`: the new cell
+/// `c' = f⊙c + i⊙g` and hidden state `h' = o⊙tanh(c')` (i, f, o: sigmoid; g: tanh). One kernel
+/// each way on the CPU (f32), the activations recomputed in the backward pass; candle's ops
+/// elsewhere.
+pub fn lstm_cell(gates: &Tensor, cell: &Tensor) -> Result<(Tensor, Tensor)> {
+    let c = cell.dim(1)?;
+    if gates.device().is_cpu() && gates.dtype() == DType::F32 && cell.dtype() == DType::F32 {
+        let both = gates
+            .contiguous()?
+            .apply_op2(&cell.contiguous()?, fused::LstmCell)?;
+        return Ok((both.narrow(1, 0, c)?, both.narrow(1, c, c)?));
+    }
+    lstm_cell_composite(gates, cell)
+}
+
+/// [`lstm_cell`] from candle's ops.
+fn lstm_cell_composite(gates: &Tensor, cell: &Tensor) -> Result<(Tensor, Tensor)> {
+    let c = cell.dim(1)?;
+    if gates.dim(1)? != 4 * c {
+        candle_core::bail!(
+            "lstm cell: {} gate channels for a cell of {c}",
+            gates.dim(1)?
+        );
+    }
+    let gate = |k: usize| gates.narrow(1, k * c, c);
+    let i = candle_nn::ops::sigmoid(&gate(0)?)?;
+    let f = candle_nn::ops::sigmoid(&gate(1)?)?;
+    let g = gate(2)?.tanh()?;
+    let o = candle_nn::ops::sigmoid(&gate(3)?)?;
+    let c2 = ((f * cell)? + (i * g)?)?;
+    let h2 = (o * c2.tanh()?)?;
+    Ok((c2, h2))
+}
+
 /// Multi-head self-attention between the projections: `qkv` `(b, n, 3·d)` holds q, k and v side
 /// by side, each `d = heads·hd` wide with the heads in order (PyTorch's
 /// `reshape(b, n, 3, heads, hd)`); the result `(b, n, d)` is `softmax(q kᵀ / √hd) v` per head,
@@ -749,6 +784,57 @@ mod tests {
             0.0
         );
         assert!(l1_loss(a.as_tensor(), &b.as_tensor().narrow(3, 0, 6).unwrap()).is_err());
+    }
+
+    /// The fused LSTM update equals candle's composite, values and the gradients of the gates
+    /// and the cell (through both outputs), over several chunks of a plane.
+    #[test]
+    fn fused_lstm_cell_matches_the_composite() {
+        let (b, c, h, w) = (2, 3, 37, 61); // 2257 positions: two chunks, a ragged one
+        let gates = Var::from_tensor(&wave(&[b, 4 * c, h, w], 0.377, 0.1, 2.5)).unwrap();
+        let cell = Var::from_tensor(&wave(&[b, c, h, w], 0.291, 0.7, 1.5)).unwrap();
+        let (p1, p2) = (
+            wave(&[b, c, h, w], 0.113, 0.0, 1.0),
+            wave(&[b, c, h, w], 0.071, 2.0, 1.0),
+        );
+        type Update = fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>;
+        let run = |f: Update| {
+            let (c2, h2) = f(gates.as_tensor(), cell.as_tensor()).unwrap();
+            let loss = ((&c2 * &p1).unwrap().sum_all().unwrap()
+                + (&h2 * &p2).unwrap().sum_all().unwrap())
+            .unwrap();
+            let g = loss.backward().unwrap();
+            (
+                c2,
+                h2,
+                g.get(gates.as_tensor()).unwrap().clone(),
+                g.get(cell.as_tensor()).unwrap().clone(),
+            )
+        };
+        let ours = run(lstm_cell);
+        let reference = run(lstm_cell_composite);
+        for (a, r, what) in [
+            (&ours.0, &reference.0, "cell"),
+            (&ours.1, &reference.1, "hidden"),
+            (&ours.2, &reference.2, "gate gradient"),
+            (&ours.3, &reference.3, "cell gradient"),
+        ] {
+            assert_eq!(a.dims(), r.dims(), "{what}");
+            assert!(max_abs_diff(a, r) < 2e-6, "{what}: {}", max_abs_diff(a, r));
+            let size = r
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(size > 0.1, "{what} is not trivially small");
+        }
+        assert!(lstm_cell(
+            gates.as_tensor(),
+            &cell.as_tensor().narrow(1, 0, 2).unwrap()
+        )
+        .is_err());
     }
 
     /// The fused attention equals candle's composite (matmuls and softmax), values and the
