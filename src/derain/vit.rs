@@ -4,7 +4,8 @@
 //! each token to its patch's pixels (linear to `patch²·3`, then fold), a 3x3 conv refinement, and a
 //! residual output `x + refine(fold(head(tokens)))`.
 //!
-//! Every op has a backward pass in candle 0.11 (layer norm, attention and resampling from `crate::nn`); a test checks that every parameter gets a gradient.
+//! Every op has a backward pass (layer norm, attention and resampling from `crate::nn`); a test
+//! checks that every parameter gets a gradient.
 //!
 //! Weight names (a file format): `patch_embed`, `pos_embed` (`(dim, grid, grid)`),
 //! `blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`, `blocks.{i}.norm2`,

@@ -15,51 +15,11 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::vmath::{exp_shifted_sum, row_max};
-use super::{contiguous_f32, OutPtr};
+use super::{contiguous_f32, product, OutPtr};
 
 /// Query rows per block: the block's scores (`rows·n` values) stay in L2.
 fn query_block(n: usize) -> usize {
     (32_768 / n.max(1)).clamp(8, 128)
-}
-
-/// A strided f32 matrix for [`product`]: pointer, row stride, column stride.
-type Mat = (*const f32, usize, usize);
-
-/// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)` on the calling thread.
-///
-/// # Safety
-/// The pointers must be valid for the matrices their strides describe, and `dst` must not
-/// alias the operands or be written by another thread meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, usize, usize),
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    beta: f32,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.2 as isize,
-        dst.1 as isize,
-        accumulate,
-        lhs.0,
-        lhs.2 as isize,
-        lhs.1 as isize,
-        rhs.0,
-        rhs.2 as isize,
-        rhs.1 as isize,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
 }
 
 /// Shapes of one call: batch, tokens, heads, head width.
@@ -113,6 +73,7 @@ unsafe fn probabilities(
         (q, s3, 1),
         (k, 1, s3),
         dm.scale(),
+        gemm::Parallelism::None,
     );
     for row in p.chunks_exact_mut(n) {
         let max = row_max(row);
@@ -179,6 +140,7 @@ impl CustomOp1 for Attention {
                         (p.as_ptr(), n, 1),
                         (v, 3 * d, 1),
                         1.0,
+                        gemm::Parallelism::None,
                     );
                     for (r, &s) in inv.iter().enumerate() {
                         std::slice::from_raw_parts_mut(o.add(r * d), dm.hd)
@@ -227,6 +189,9 @@ impl candle_core::CustomOp3 for AttentionGrad {
         let dout = contiguous_f32(s3, l3, "attention backward")?;
         let dm = self.dm;
         let (n, d, hd) = (dm.n, dm.d(), dm.hd);
+        if qkv.len() != dm.b * n * 3 * d || out.len() != dm.b * n * d || dout.len() != out.len() {
+            candle_core::bail!("attention backward: inputs do not fit {n} tokens of {d} features");
+        }
         let s3d = 3 * d;
         let qb = query_block(n);
         let mut dqkv = vec![0f32; qkv.len()];
@@ -259,6 +224,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
                             (p.as_ptr(), 1, n),
                             (go, d, 1),
                             1.0,
+                            gemm::Parallelism::None,
                         );
                         // dP = dO Vᵀ.
                         dp.resize(m * n, 0.0);
@@ -269,6 +235,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
                             (go, d, 1),
                             (v, 1, s3d),
                             1.0,
+                            gemm::Parallelism::None,
                         );
                         // dS = P ⊙ (dP − Σ_c dO·O), the row sum from the forward's output.
                         for (r, (dprow, prow)) in
@@ -291,6 +258,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
                             (dp.as_ptr(), n, 1),
                             (k, s3d, 1),
                             dm.scale(),
+                            gemm::Parallelism::None,
                         );
                         product(
                             (n, hd, m),
@@ -299,6 +267,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
                             (dp.as_ptr(), 1, n),
                             (q, s3d, 1),
                             dm.scale(),
+                            gemm::Parallelism::None,
                         );
                     }
                 }

@@ -11,7 +11,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
-use super::{contiguous_f32, winograd, OutPtr};
+use super::{contiguous_f32, product, winograd, OutPtr};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -167,27 +167,6 @@ fn unfold_strip(
     }
 }
 
-/// `dst = [dst +] lhs · rhs` for strided f32 matrices (`gemm`'s conventions: `*_cs` is the
-/// column stride, `*_rs` the row stride).
-///
-/// # Safety
-/// The pointers must be valid for the `(m, k)`, `(k, n)` and `(m, n)` matrices their strides
-/// describe, and `dst` must not alias the operands or be written by another thread meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, isize, isize),
-    accumulate: bool,
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize, isize),
-    par: gemm::Parallelism,
-) {
-    gemm::gemm(
-        m, n, k, dst.0, dst.1, dst.2, accumulate, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, 1.0,
-        1.0, false, false, false, par,
-    );
-}
-
 /// The fused convolution `act(W ⊛ x + b)` on the CPU, with its own backward pass
 /// ([`ConvGradInput`], [`ConvGradWeight`], [`ChannelSums`]; the ReLU's mask by [`ReluMask`]).
 ///
@@ -262,10 +241,11 @@ impl candle_core::CustomOp3 for ConvOp {
                 }
                 product(
                     (cout, n, ckk),
-                    (base, 1, out_plane as isize),
+                    (base, out_plane, 1),
                     true,
-                    (w.as_ptr(), 1, ckk as isize),
-                    (cols.as_ptr(), 1, n as isize),
+                    (w.as_ptr(), ckk, 1),
+                    (cols.as_ptr(), n, 1),
+                    1.0,
                     inner,
                 );
                 if relu {
@@ -447,14 +427,15 @@ impl candle_core::CustomOp2 for ConvGradInput {
             unsafe {
                 product(
                     (ckk, n, cout),
-                    (dcols.as_mut_ptr(), 1, n as isize),
+                    (dcols.as_mut_ptr(), n, 1),
                     false,
-                    (w.as_ptr(), ckk as isize, 1),
+                    (w.as_ptr(), 1, ckk),
                     (
                         dy.as_ptr().add(bi * cout * out_plane + oys.start * g.ow),
+                        out_plane,
                         1,
-                        out_plane as isize,
                     ),
+                    1.0,
                     gemm::Parallelism::None,
                 );
             }
@@ -522,14 +503,15 @@ impl candle_core::CustomOp2 for ConvGradWeight {
             unsafe {
                 product(
                     (cout, ckk, n),
-                    (acc.as_mut_ptr(), 1, ckk as isize),
+                    (acc.as_mut_ptr(), ckk, 1),
                     true,
                     (
                         dy.as_ptr().add(bi * cout * out_plane + oys.start * g.ow),
+                        out_plane,
                         1,
-                        out_plane as isize,
                     ),
-                    (cols.as_ptr(), n as isize, 1),
+                    (cols.as_ptr(), 1, n),
+                    1.0,
                     gemm::Parallelism::None,
                 );
             }

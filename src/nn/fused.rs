@@ -7,7 +7,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::vmath::{exp_shifted_sum, row_max, sigmoid_in_place, tanh_in_place};
-use super::{contiguous_f32, group_len, map_groups, map_groups2, map_rows, map_rows2, OutPtr};
+use super::{
+    contiguous_f32, fixed_group_len, map_groups, map_groups2, map_rows, map_rows2, OutPtr,
+};
 
 /// Mean and reciprocal standard deviation (population variance + `eps`) of one row.
 #[inline]
@@ -103,45 +105,41 @@ impl CustomOp3 for LayerNormGrad {
         let n = x.len();
         let mut out = vec![0f32; n + 2 * d];
         let (dx, _) = out.split_at_mut(n);
-        let per = group_len(n, d);
-        let sums = dx
+        // Per fixed group of rows: dx, and partial sums of dweight and dbias (added in order).
+        let per = fixed_group_len(d);
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(per)
             .zip(x.par_chunks(per).zip(dy.par_chunks(per)))
-            .fold(
-                || (vec![0f32; d], vec![0f32; d], vec![0f32; d]),
-                |(mut dw, mut db, mut xhat), (dx, (x, dy))| {
-                    for ((dxr, row), dyr) in dx
-                        .chunks_exact_mut(d)
-                        .zip(x.chunks_exact(d))
-                        .zip(dy.chunks_exact(d))
-                    {
-                        let (mean, rstd) = moments(row, self.eps);
-                        let (mut m1, mut m2) = (0f32, 0f32);
-                        for j in 0..d {
-                            xhat[j] = (row[j] - mean) * rstd;
-                            dw[j] += dyr[j] * xhat[j];
-                            db[j] += dyr[j];
-                            let g = dyr[j] * weight[j];
-                            m1 += g;
-                            m2 += g * xhat[j];
-                        }
-                        let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-                        for j in 0..d {
-                            dxr[j] = rstd * (dyr[j] * weight[j] - m1 - xhat[j] * m2);
-                        }
+            .map(|(dx, (x, dy))| {
+                let (mut dw, mut db, mut xhat) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
+                for ((dxr, row), dyr) in dx
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(dy.chunks_exact(d))
+                {
+                    let (mean, rstd) = moments(row, self.eps);
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for j in 0..d {
+                        xhat[j] = (row[j] - mean) * rstd;
+                        dw[j] += dyr[j] * xhat[j];
+                        db[j] += dyr[j];
+                        let g = dyr[j] * weight[j];
+                        m1 += g;
+                        m2 += g * xhat[j];
                     }
-                    (dw, db, xhat)
-                },
-            )
-            .map(|(dw, db, _)| (dw, db))
-            .reduce(
-                || (vec![0f32; d], vec![0f32; d]),
-                |(mut a, mut b), (c, e)| {
-                    a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
-                    b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
-                    (a, b)
-                },
-            );
+                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    for j in 0..d {
+                        dxr[j] = rstd * (dyr[j] * weight[j] - m1 - xhat[j] * m2);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let mut sums = (vec![0f32; d], vec![0f32; d]);
+        for (dw, db) in &partial {
+            sums.0.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+            sums.1.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+        }
         out[n..n + d].copy_from_slice(&sums.0);
         out[n + d..].copy_from_slice(&sums.1);
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
@@ -324,32 +322,28 @@ impl CustomOp1 for ColumnSums {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = contiguous_f32(storage, layout, "column sums")?;
         let (_, d) = layout.shape().dims2()?;
-        let per = group_len(g.len(), d);
-        let out = g
-            .par_chunks(per)
-            .fold(
-                || vec![0f32; d],
-                |mut acc, rows| {
-                    for row in rows.chunks_exact(d) {
-                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                    }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f32; d],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        // Fixed groups of rows summed in parallel, the partial sums added in order.
+        let partial: Vec<Vec<f32>> = g
+            .par_chunks(fixed_group_len(d))
+            .map(|rows| {
+                let mut acc = vec![0f32; d];
+                for row in rows.chunks_exact(d) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; d];
+        for p in &partial {
+            out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+        }
         Ok((CpuStorage::F32(out), Shape::from(d)))
     }
 }
 
 /// The mean absolute difference of two tensors of one shape, as a scalar (one pass; candle's
 /// `(a − b).abs().mean_all()` takes three forward and about six backward passes, its `abs`
-/// gradient alone four).
+/// gradient alone four). Empty tensors give 0.
 pub(super) struct L1Loss;
 
 impl candle_core::CustomOp2 for L1Loss {
@@ -366,9 +360,9 @@ impl candle_core::CustomOp2 for L1Loss {
     ) -> Result<(CpuStorage, Shape)> {
         let a = contiguous_f32(s1, l1, "l1 loss")?;
         let b = contiguous_f32(s2, l2, "l1 loss")?;
-        let per = group_len(a.len(), 1);
-        // f32 partial sums per group, added in f64 in a fixed order (deterministic: resumed
-        // training must reproduce the same losses).
+        // f32 partial sums per fixed group, added in f64 in order (the same bits whatever the
+        // threads: resumed training must reproduce the same losses).
+        let per = fixed_group_len(1);
         let partial: Vec<f64> = a
             .par_chunks(per)
             .zip(b.par_chunks(per))
@@ -496,7 +490,7 @@ fn lstm_tasks(
     c: usize,
     hw: usize,
 ) -> impl IndexedParallelIterator<Item = (usize, usize, std::ops::Range<usize>)> {
-    let chunks = hw.div_ceil(LSTM_CHUNK).max(1);
+    let chunks = hw.div_ceil(LSTM_CHUNK); // 0 for empty planes: no tasks
     (0..b * c * chunks).into_par_iter().map(move |t| {
         let (plane, k) = (t / chunks, t % chunks);
         (

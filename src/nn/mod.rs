@@ -41,6 +41,54 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)` with `gemm`, each matrix given as
+/// `(pointer, row stride, column stride)` in values (a transposed operand is the same pointer
+/// with its strides swapped). `par`: `gemm`'s own threading.
+///
+/// # Safety
+/// The pointers must be valid for the matrices their strides describe, and `dst` must not alias
+/// the operands or be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+    par: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        accumulate,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+/// Values per group of the reductions that must not depend on the thread count or on rayon's
+/// work stealing (training resumes bit for bit): fixed groups of whole `row`-value rows, each
+/// summed on its own, the partial sums then added in order.
+fn fixed_group_len(row: usize) -> usize {
+    let row = row.max(1);
+    (16_384 / row).max(1) * row
+}
+
 /// Values per parallel task when `len` values split into rows of `row`: whole rows, about four
 /// tasks per thread.
 fn group_len(len: usize, row: usize) -> usize {
@@ -310,9 +358,9 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(xs, D::Minus1)
 }
 
-/// The mean absolute difference `mean(|a − b|)` of two tensors of one shape, as a scalar
-/// (PyTorch's `l1_loss`: its gradient is 0 where they are equal). One kernel each way on the CPU
-/// (f32); candle's ops elsewhere.
+/// The mean absolute difference `mean(|a − b|)` of two tensors of one shape, as a scalar. On the
+/// CPU (f32) one kernel each way, with PyTorch's `l1_loss` gradient (0 where the two are equal)
+/// and 0 for empty tensors; elsewhere candle's ops (gradient +1 at ties, NaN when empty).
 pub fn l1_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dims() != b.dims() {
         candle_core::bail!("l1 loss: shapes {:?} and {:?} differ", a.dims(), b.dims());
@@ -361,8 +409,8 @@ fn lstm_cell_composite(gates: &Tensor, cell: &Tensor) -> Result<(Tensor, Tensor)
 /// Multi-head self-attention between the projections: `qkv` `(b, n, 3·d)` holds q, k and v side
 /// by side, each `d = heads·hd` wide with the heads in order (PyTorch's
 /// `reshape(b, n, 3, heads, hd)`); the result `(b, n, d)` is `softmax(q kᵀ / √hd) v` per head,
-/// heads side by side. On the CPU (f32) one fused op each way ([`attention::Attention`]: the
-/// `n x n` scores are never stored); elsewhere candle's ops.
+/// heads side by side. On the CPU (f32) one fused op each way (`nn/attention.rs`: the `n x n`
+/// scores are never stored); elsewhere candle's ops.
 pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     let (_, _, d3) = qkv.dims3()?;
     if heads == 0 || d3 % (3 * heads) != 0 {
@@ -835,6 +883,47 @@ mod tests {
             &cell.as_tensor().narrow(1, 0, 2).unwrap()
         )
         .is_err());
+    }
+
+    /// The reductions that feed training give the same bits with 1 and 3 threads (bias and
+    /// layer-norm gradients, the L1 loss), over several fixed groups.
+    #[test]
+    fn training_reductions_do_not_depend_on_the_threads() {
+        let (rows, d) = (2048, 64);
+        let x = Var::from_tensor(&wave(&[rows, d], 0.377, 0.1, 2.5)).unwrap();
+        let w = Var::from_tensor(&wave(&[d], 0.5, 0.3, 1.0)).unwrap();
+        let b = Var::from_tensor(&wave(&[d], 0.7, 0.9, 0.5)).unwrap();
+        let lw = Var::from_tensor(&wave(&[d, d], 0.013, 0.2, 0.1)).unwrap();
+        let target = wave(&[rows, d], 0.19, 1.3, 1.0);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-6).unwrap();
+                let y = linear(&y, lw.as_tensor(), Some(b.as_tensor())).unwrap();
+                let loss = l1_loss(&y, &target).unwrap();
+                let g = loss.backward().unwrap();
+                let mut bits: Vec<u32> = vec![loss.to_scalar::<f32>().unwrap().to_bits()];
+                for v in [&x, &w, &b, &lw] {
+                    let t = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+                    bits.extend(t.to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()));
+                }
+                bits
+            })
+        };
+        assert_eq!(run(1), run(3));
+        // An empty LSTM plane is no work, not a panic.
+        let (c2, h2) = lstm_cell(
+            &Tensor::zeros((1, 8, 0, 3), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((1, 2, 0, 3), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c2.dims(), h2.dims()),
+            (&[1, 2, 0, 3][..], &[1, 2, 0, 3][..])
+        );
     }
 
     /// The fused attention equals candle's composite (matmuls and softmax), values and the

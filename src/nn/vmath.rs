@@ -1,9 +1,13 @@
-//! Vectorised kernels for softmax and GELU: the row maximum, `e^(x − shift)` in place with the
-//! row's sum, and tanh in place. `f32::exp` and `f32::tanh` are scalar libm calls (~3 ns);
-//! softmax over attention scores calls exp for every score, which made it half of a `vit tiny`
-//! frame, and GELU's tanh was 15% of a `vit tiny` training step. The AVX2 + FMA path (picked at run
-//! time) evaluates Cephes' `expf` polynomial eight lanes at a time (relative error ≤ 2 ulp on
-//! the range softmax uses; inputs below ln 2⁻¹²⁶ give 0, as the true value is subnormal).
+//! Vectorised kernels for softmax, GELU and the LSTM gates: the row maximum, `e^(x − shift)` in
+//! place with the row's sum, tanh and sigmoid in place. `f32::exp` and `f32::tanh` are scalar
+//! libm calls (~3 ns); softmax over attention scores calls exp for every score, which made it
+//! half of a `vit tiny` frame, and GELU's tanh was 15% of a `vit tiny` training step.
+//!
+//! On x86-64 with AVX2 and FMA (checked at run time) exp is Cephes' `expf` polynomial eight lanes
+//! at a time (relative error ≤ 2 ulp; inputs below ln 2⁻¹²⁶ give 0, as the true value is
+//! subnormal; above 88 it saturates near 1.65·10³⁸ instead of overflowing to ∞), and tanh and
+//! sigmoid are built on it. Other CPUs use the same polynomial for exp without fused
+//! multiply-adds and libm's tanh, so results differ in the last bits between the two paths.
 
 /// ln 2⁻¹²⁶: below it the result is flushed to 0.
 const EXP_LO: f32 = -87.336_55;
@@ -23,7 +27,8 @@ const P: [f32; 6] = [
     0.5,
 ];
 
-/// The same polynomial on one value (the reference for the vector path and the fallback).
+/// The same polynomial on one value (the fallback, and the tests' check of the vector path;
+/// without fused multiply-adds, so not bit-identical to it).
 #[inline]
 fn exp_scalar(x: f32) -> f32 {
     if x.is_nan() {
