@@ -11,7 +11,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
-use super::{contiguous_f32, product, winograd, OutPtr};
+use super::{contiguous_f32, grown, product, winograd, with_scratch, OutPtr};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -159,8 +159,7 @@ fn unfold_strip(
 ) {
     let (kk, plane) = (g.k * g.k, g.h * g.w);
     let n = oys.len() * g.ow;
-    cols.resize(g.c * kk * n, 0.0);
-    for (t, chunk) in cols.chunks_exact_mut(n).enumerate() {
+    for (t, chunk) in grown(cols, g.c * kk * n).chunks_exact_mut(n).enumerate() {
         let (c, ki, kj) = (t / kk, t % kk / g.k, t % g.k);
         let src = &x[(bi * g.c + c) * plane..][..plane];
         unfold_tap(g, src, (ki, kj), oys.clone(), chunk);
@@ -260,7 +259,7 @@ impl candle_core::CustomOp3 for ConvOp {
         if outer {
             (0..tasks)
                 .into_par_iter()
-                .for_each_init(Vec::new, |cols, task| run(task, cols));
+                .for_each(|task| with_scratch(|cols: &mut Vec<f32>| run(task, cols)));
         } else {
             let mut cols = Vec::new();
             for task in 0..tasks {
@@ -421,7 +420,7 @@ impl candle_core::CustomOp2 for ConvGradInput {
         let run = |dcols: &mut Vec<f32>, (bi, si): (usize, usize)| {
             let oys = si * rows..((si + 1) * rows).min(g.oh);
             let n = oys.len() * g.ow;
-            dcols.resize(ckk * n, 0.0);
+            grown(dcols, ckk * n);
             // SAFETY: `w` is (cout, c·k·k) contiguous, read as its transpose; the strip of `dy`
             // is (cout, n) with row stride oh·ow; `dcols` (c·k·k, n) is this task's.
             unsafe {
@@ -456,7 +455,9 @@ impl candle_core::CustomOp2 for ConvGradInput {
             let tasks: Vec<(usize, usize)> = (0..g.b)
                 .flat_map(|bi| (phase..strips).step_by(2).map(move |si| (bi, si)))
                 .collect();
-            tasks.into_par_iter().for_each_init(Vec::new, run);
+            tasks
+                .into_par_iter()
+                .for_each(|task| with_scratch(|dcols: &mut Vec<f32>| run(dcols, task)));
         }
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.h, g.w))))
     }

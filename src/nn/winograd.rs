@@ -14,7 +14,7 @@
 //! consecutive in `V` and `M`). Rounding differs from the direct sum by a few ulps of the
 //! intermediate values (tests: ≤ 1e-4 on unit-scale data).
 
-use super::OutPtr;
+use super::{grown, with_scratch, OutPtr};
 use rayon::prelude::*;
 
 /// `(b, c, h, w)` of the input.
@@ -156,7 +156,7 @@ pub(super) fn conv3x3(
         let d = dst;
         let n = blk.tiles();
         transform_input(x, (cin, h, w), pad, blk, s);
-        s.m.resize(16 * cout * n, 0.0);
+        grown(&mut s.m, 16 * cout * n);
         for xi in 0..16 {
             // SAFETY: `u` holds 16 contiguous matrices (cout, cin); `v` is (cin, 16, n), read
             // as 16 matrices (cin, n) of row stride 16·n, and `m` (cout, 16, n) likewise.
@@ -199,7 +199,8 @@ pub(super) fn conv3x3(
             &mut s.out_rows,
         );
     };
-    work.par_iter().for_each_init(Scratch::default, run);
+    work.par_iter()
+        .for_each(|blk| with_scratch(|s: &mut Scratch| run(s, blk)));
     out
 }
 
@@ -318,7 +319,7 @@ fn transform_grad_body(
     let n = blk.tiles();
     let ntx = blk.tx.1 - blk.tx.0;
     let half = ntx.next_multiple_of(8);
-    s.m.resize(16 * cout * n, 0.0);
+    grown(&mut s.m, 16 * cout * n);
     // Rows 2ty and 2ty + 1, split into even and odd columns.
     s.out_rows.resize(4 * half, 0.0);
     let ox = 2 * blk.tx.0;
@@ -443,7 +444,7 @@ fn transform_input_body(
     // columns (so that tile t reads lanes t and t + 1 of each), with room for whole lane groups.
     let row_len = 2 * ntx + 2;
     let half = ntx.next_multiple_of(8) + 8;
-    s.v.resize(16 * cin * n, 0.0);
+    grown(&mut s.v, 16 * cin * n);
     s.rows.resize(row_len + 8 * half, 0.0);
     let (row, split) = s.rows.split_at_mut(row_len);
     let x0 = (2 * blk.tx.0) as isize - pad as isize;
