@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::vmath::{exp_shifted_sum, row_max};
-use super::{contiguous_f32, product, OutPtr};
+use super::{contiguous_f32, grown, product, with_scratch, OutPtr};
 
 /// Query rows per block: the block's scores (`rows·n` values) stay in L2.
 fn query_block(n: usize) -> usize {
@@ -61,7 +61,7 @@ unsafe fn probabilities(
 ) {
     let (n, s3) = (dm.n, 3 * dm.d());
     let m = rows.len();
-    p.resize(m * n, 0.0);
+    let p = grown(p, m * n);
     inv_sums.clear();
     let q = qkv.add(dm.qkv_at(bi, 0, h) + rows.start * s3);
     let k = qkv.add(dm.qkv_at(bi, 1, h));
@@ -119,37 +119,38 @@ impl CustomOp1 for Attention {
         let blocks = n.div_ceil(qb);
         let mut out = vec![0f32; dm.b * n * d];
         let dst = OutPtr(out.as_mut_ptr());
-        (0..dm.b * dm.heads * blocks).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(p, inv), task| {
-                let (bh, blk) = (task / blocks, task % blocks);
-                let (bi, h) = (bh / dm.heads, bh % dm.heads);
-                let rows = blk * qb..((blk + 1) * qb).min(n);
-                let d0 = dst;
-                // SAFETY: `qkv` is the (b, n, 3d) input; this task writes rows `rows`, columns
-                // h·hd.. of image `bi` of the (b, n, d) output, which no other task touches.
-                unsafe {
-                    let qkv = qkv.as_ptr();
-                    probabilities(dm, qkv, (bi, h), rows.clone(), p, false, inv);
-                    let o = d0.0.add((bi * n + rows.start) * d + h * dm.hd);
-                    let v = qkv.add(dm.qkv_at(bi, 2, h));
-                    product(
-                        (rows.len(), dm.hd, n),
-                        (o, d, 1),
-                        false,
-                        (p.as_ptr(), n, 1),
-                        (v, 3 * d, 1),
-                        1.0,
-                        gemm::Parallelism::None,
-                    );
-                    for (r, &s) in inv.iter().enumerate() {
-                        std::slice::from_raw_parts_mut(o.add(r * d), dm.hd)
-                            .iter_mut()
-                            .for_each(|v| *v *= s);
+        (0..dm.b * dm.heads * blocks)
+            .into_par_iter()
+            .for_each(|task| {
+                with_scratch(|(p, inv): &mut (Vec<f32>, Vec<f32>)| {
+                    let (bh, blk) = (task / blocks, task % blocks);
+                    let (bi, h) = (bh / dm.heads, bh % dm.heads);
+                    let rows = blk * qb..((blk + 1) * qb).min(n);
+                    let d0 = dst;
+                    // SAFETY: `qkv` is the (b, n, 3d) input; this task writes rows `rows`, columns
+                    // h·hd.. of image `bi` of the (b, n, d) output, which no other task touches.
+                    unsafe {
+                        let qkv = qkv.as_ptr();
+                        probabilities(dm, qkv, (bi, h), rows.clone(), p, false, inv);
+                        let o = d0.0.add((bi * n + rows.start) * d + h * dm.hd);
+                        let v = qkv.add(dm.qkv_at(bi, 2, h));
+                        product(
+                            (rows.len(), dm.hd, n),
+                            (o, d, 1),
+                            false,
+                            (p.as_ptr(), n, 1),
+                            (v, 3 * d, 1),
+                            1.0,
+                            gemm::Parallelism::None,
+                        );
+                        for (r, &s) in inv.iter().enumerate() {
+                            std::slice::from_raw_parts_mut(o.add(r * d), dm.hd)
+                                .iter_mut()
+                                .for_each(|v| *v *= s);
+                        }
                     }
-                }
-            },
-        );
+                })
+            });
         Ok((CpuStorage::F32(out), Shape::from((dm.b, n, d))))
     }
 
@@ -196,9 +197,8 @@ impl candle_core::CustomOp3 for AttentionGrad {
         let qb = query_block(n);
         let mut dqkv = vec![0f32; qkv.len()];
         let dst = OutPtr(dqkv.as_mut_ptr());
-        (0..dm.b * dm.heads).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(p, dp, inv), task| {
+        (0..dm.b * dm.heads).into_par_iter().for_each(|task| {
+            with_scratch(|(p, dp, inv): &mut (Vec<f32>, Vec<f32>, Vec<f32>)| {
                 let (bi, h) = (task / dm.heads, task % dm.heads);
                 let d0 = dst;
                 // SAFETY: `qkv` is (b, n, 3d), `out` and `dout` (b, n, d); this task writes only
@@ -214,6 +214,9 @@ impl candle_core::CustomOp3 for AttentionGrad {
                         let rows = r0..(r0 + qb).min(n);
                         let m = rows.len();
                         probabilities(dm, qkv, (bi, h), rows.clone(), p, true, inv);
+                        // This block's rows only (the buffers are reused, and may be longer).
+                        let p = &p[..m * n];
+                        let dp = grown(dp, m * n);
                         let o = out.add((bi * n + r0) * d + h * hd);
                         let go = dout.add((bi * n + r0) * d + h * hd);
                         // dV += Pᵀ dO.
@@ -227,7 +230,6 @@ impl candle_core::CustomOp3 for AttentionGrad {
                             gemm::Parallelism::None,
                         );
                         // dP = dO Vᵀ.
-                        dp.resize(m * n, 0.0);
                         product(
                             (m, n, hd),
                             (dp.as_mut_ptr(), n, 1),
@@ -271,8 +273,8 @@ impl candle_core::CustomOp3 for AttentionGrad {
                         );
                     }
                 }
-            },
-        );
+            })
+        });
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
