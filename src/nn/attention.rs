@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::vmath::{exp_shifted_sum, row_max};
+use super::vmath::softmax_numerators;
 use super::{contiguous_f32, grown, product, with_scratch, OutPtr};
 
 /// Query rows per block: the block's scores (`rows·n` values) stay in L2.
@@ -76,8 +76,7 @@ unsafe fn probabilities(
         gemm::Parallelism::None,
     );
     for row in p.chunks_exact_mut(n) {
-        let max = row_max(row);
-        let inv = 1.0 / exp_shifted_sum(row, max);
+        let inv = softmax_numerators(row);
         if normalise {
             row.iter_mut().for_each(|v| *v *= inv);
         }

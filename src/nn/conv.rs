@@ -825,7 +825,7 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    use crate::nn::max_abs_diff as max_diff;
+    use crate::nn::{max_abs, max_abs_diff as max_diff};
 
     /// Forward and both gradients equal candle's own conv2d (reference) for paddings, strides,
     /// kernel sizes, batch sizes and odd image sizes.
@@ -890,13 +890,7 @@ mod tests {
                         g2.get(v.as_tensor()).unwrap(),
                     );
                     // Relative to the largest value: sums over ~10⁵ products round in f32.
-                    let scale = r
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let scale = max_abs(r);
                     let d = max_diff(a, r);
                     assert!(
                         d < 1e-3 * scale.max(1.0),

@@ -6,9 +6,10 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::vmath::{exp_shifted_sum, row_max, sigmoid_in_place, tanh_in_place};
+use super::vmath::{sigmoid_in_place, softmax_numerators, tanh_in_place};
 use super::{
-    contiguous_f32, fixed_group_len, map_groups, map_groups2, map_rows, map_rows2, OutPtr,
+    contiguous_f32, fixed_group_len, grown, map_groups, map_groups2, map_rows, map_rows2,
+    with_scratch, OutPtr,
 };
 
 /// Mean and reciprocal standard deviation (population variance + `eps`) of one row.
@@ -159,7 +160,7 @@ impl CustomOp1 for Softmax {
         let d = *layout.dims().last().unwrap_or(&1);
         let out = map_rows(x, d, |orow, row| {
             orow.copy_from_slice(row);
-            let inv = 1.0 / exp_shifted_sum(orow, row_max(row));
+            let inv = softmax_numerators(orow);
             orow.iter_mut().for_each(|o| *o *= inv);
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -443,33 +444,6 @@ impl candle_core::CustomOp2 for L1Grad {
 /// Values per task of the LSTM kernels (a few per-thread buffers of this size stay in L1/L2).
 const LSTM_CHUNK: usize = 2048;
 
-/// The LSTM's activations on `n` positions of one channel: `i, f, g, o` from the gates' planes
-/// at `at` (each `plane` apart), the new cell `c'` from the cell at `cell`, and `tanh(c')`.
-/// `buf` ends up holding `[i, f, g, o, c', tanh c']`, `n` values each.
-///
-/// # Safety
-/// `gates` must hold 4 planes of `plane` values from `at` on, `cell` `n` values.
-unsafe fn lstm_activations(gates: *const f32, plane: usize, cell: &[f32], buf: &mut Vec<f32>) {
-    let n = cell.len();
-    buf.resize(6 * n, 0.0);
-    let (acts, rest) = buf.split_at_mut(4 * n);
-    for (k, a) in acts.chunks_exact_mut(n).enumerate() {
-        a.copy_from_slice(std::slice::from_raw_parts(gates.add(k * plane), n));
-        if k == 2 {
-            tanh_in_place(a);
-        } else {
-            sigmoid_in_place(a);
-        }
-    }
-    let (i, f, g) = (&acts[..n], &acts[n..2 * n], &acts[2 * n..3 * n]);
-    let (c2, tc) = rest.split_at_mut(n);
-    for j in 0..n {
-        c2[j] = f[j] * cell[j] + i[j] * g[j];
-    }
-    tc.copy_from_slice(c2);
-    tanh_in_place(tc);
-}
-
 /// Shape checks of the LSTM kernels: `(b, c, h·w)` from gates `(b, 4c, h, w)` and cell
 /// `(b, c, h, w)`.
 fn lstm_dims(gates: &Layout, cell: &Layout) -> Result<(usize, usize, usize)> {
@@ -484,21 +458,58 @@ fn lstm_dims(gates: &Layout, cell: &Layout) -> Result<(usize, usize, usize)> {
     Ok((b, c4 / 4, h * w))
 }
 
-/// Tasks of the LSTM kernels: (image, channel, chunk of the plane).
-fn lstm_tasks(
-    b: usize,
-    c: usize,
-    hw: usize,
-) -> impl IndexedParallelIterator<Item = (usize, usize, std::ops::Range<usize>)> {
+/// One chunk of one channel's plane, as the LSTM kernels see it: image `bi`, channel `ch`,
+/// positions `r` of the plane (`hw` values), and the activations there.
+struct LstmChunk<'a> {
+    bi: usize,
+    ch: usize,
+    r: std::ops::Range<usize>,
+    /// `[i, f, g, o, c', tanh c']`, `r.len()` values each.
+    acts: &'a [f32],
+}
+
+/// Calls `f` for every chunk of every channel plane, in parallel, with the LSTM's activations
+/// there computed from the gates `(b, 4c, hw)` and the cell `(b, c, hw)` (in a per-thread
+/// buffer). `f` writes the chunk's part of the output through `OutPtr`.
+fn lstm_for_each(
+    gates: &[f32],
+    cell: &[f32],
+    (b, c, hw): (usize, usize, usize),
+    f: impl Fn(LstmChunk) + Sync,
+) {
     let chunks = hw.div_ceil(LSTM_CHUNK); // 0 for empty planes: no tasks
-    (0..b * c * chunks).into_par_iter().map(move |t| {
+    (0..b * c * chunks).into_par_iter().for_each(|t| {
         let (plane, k) = (t / chunks, t % chunks);
-        (
-            plane / c,
-            plane % c,
-            k * LSTM_CHUNK..((k + 1) * LSTM_CHUNK).min(hw),
-        )
-    })
+        let (bi, ch) = (plane / c, plane % c);
+        let r = k * LSTM_CHUNK..((k + 1) * LSTM_CHUNK).min(hw);
+        let n = r.len();
+        with_scratch(|buf: &mut Vec<f32>| {
+            let buf = grown(buf, 6 * n);
+            let (acts, rest) = buf.split_at_mut(4 * n);
+            for (gate, a) in acts.chunks_exact_mut(n).enumerate() {
+                a.copy_from_slice(&gates[(bi * 4 * c + gate * c + ch) * hw..][r.clone()]);
+                if gate == 2 {
+                    tanh_in_place(a);
+                } else {
+                    sigmoid_in_place(a);
+                }
+            }
+            let (i, f_, g) = (&acts[..n], &acts[n..2 * n], &acts[2 * n..3 * n]);
+            let cl = &cell[(bi * c + ch) * hw..][r.clone()];
+            let (c2, tc) = rest.split_at_mut(n);
+            for j in 0..n {
+                c2[j] = f_[j] * cl[j] + i[j] * g[j];
+            }
+            tc.copy_from_slice(c2);
+            tanh_in_place(tc);
+            f(LstmChunk {
+                bi,
+                ch,
+                r,
+                acts: buf,
+            });
+        });
+    });
 }
 
 /// A convolutional LSTM's update from gate pre-activations `(b, 4c, h, w)` (input, forget, cell,
@@ -523,28 +534,28 @@ impl candle_core::CustomOp2 for LstmCell {
         let (b, c, hw) = lstm_dims(l1, l2)?;
         let mut out = vec![0f32; b * 2 * c * hw];
         let dst = OutPtr(out.as_mut_ptr());
-        lstm_tasks(b, c, hw).for_each_init(Vec::new, |buf, (bi, ch, r)| {
-            let n = r.len();
+        lstm_for_each(gates, cell, (b, c, hw), |k| {
+            let n = k.r.len();
+            let (o, c2, tc) = (
+                &k.acts[3 * n..4 * n],
+                &k.acts[4 * n..5 * n],
+                &k.acts[5 * n..],
+            );
             let d = dst;
-            // SAFETY: gates are (b, 4c, hw) and the cell (b, c, hw); this task writes positions
-            // `r` of channels ch and c + ch of image bi of the (b, 2c, hw) output, which no other
-            // task touches.
-            unsafe {
-                let g = gates.as_ptr().add((bi * 4 * c + ch) * hw + r.start);
-                let cl = &cell[(bi * c + ch) * hw..][r.clone()];
-                lstm_activations(g, c * hw, cl, buf);
-                let o = &buf[3 * n..4 * n];
-                let (c2, tc) = (&buf[4 * n..5 * n], &buf[5 * n..]);
-                let oc =
-                    std::slice::from_raw_parts_mut(d.0.add((bi * 2 * c + ch) * hw + r.start), n);
-                oc.copy_from_slice(c2);
-                let oh = std::slice::from_raw_parts_mut(
-                    d.0.add((bi * 2 * c + c + ch) * hw + r.start),
-                    n,
-                );
-                for j in 0..n {
-                    oh[j] = o[j] * tc[j];
-                }
+            // SAFETY: the output is (b, 2c, hw); this chunk writes positions `r` of channels ch
+            // and c + ch of image bi, which no other chunk touches.
+            let (oc, oh) = unsafe {
+                let at = |channel: usize| {
+                    std::slice::from_raw_parts_mut(
+                        d.0.add((k.bi * 2 * c + channel) * hw + k.r.start),
+                        n,
+                    )
+                };
+                (at(k.ch), at(c + k.ch))
+            };
+            oc.copy_from_slice(c2);
+            for j in 0..n {
+                oh[j] = o[j] * tc[j];
             }
         });
         let (_, _, h, w) = l1.shape().dims4()?;
@@ -600,40 +611,30 @@ impl CustomOp3 for LstmCellGrad {
         let (b, c, hw) = lstm_dims(l1, l2)?;
         let mut out = vec![0f32; b * 5 * c * hw];
         let dst = OutPtr(out.as_mut_ptr());
-        lstm_tasks(b, c, hw).for_each_init(Vec::new, |buf, (bi, ch, r)| {
-            let n = r.len();
+        lstm_for_each(gates, cell, (b, c, hw), |k| {
+            let n = k.r.len();
+            let a = |q: usize| &k.acts[q * n..(q + 1) * n];
+            let (i, f, gg, o, tc) = (a(0), a(1), a(2), a(3), a(5));
+            let cl = &cell[(k.bi * c + k.ch) * hw..][k.r.clone()];
+            let dc2 = &grad[(k.bi * 2 * c + k.ch) * hw..][k.r.clone()];
+            let dh2 = &grad[(k.bi * 2 * c + c + k.ch) * hw..][k.r.clone()];
             let d = dst;
-            // SAFETY: as in the forward; this task writes positions `r` of channels k·c + ch
-            // (k = 0..5) of image bi of the (b, 5c, hw) output, which no other task touches.
-            unsafe {
-                let g = gates.as_ptr().add((bi * 4 * c + ch) * hw + r.start);
-                let cl = &cell[(bi * c + ch) * hw..][r.clone()];
-                lstm_activations(g, c * hw, cl, buf);
-                let (i, f, gg, o) = (
-                    &buf[..n],
-                    &buf[n..2 * n],
-                    &buf[2 * n..3 * n],
-                    &buf[3 * n..4 * n],
-                );
-                let tc = &buf[5 * n..];
-                let dc2 = &grad[(bi * 2 * c + ch) * hw..][r.clone()];
-                let dh2 = &grad[(bi * 2 * c + c + ch) * hw..][r.clone()];
-                let out_at = |k: usize| {
-                    std::slice::from_raw_parts_mut(
-                        d.0.add((bi * 5 * c + k * c + ch) * hw + r.start),
-                        n,
-                    )
-                };
-                let (di, df, dg, dout, dcell) =
-                    (out_at(0), out_at(1), out_at(2), out_at(3), out_at(4));
-                for j in 0..n {
-                    let dct = dc2[j] + dh2[j] * o[j] * (1.0 - tc[j] * tc[j]);
-                    di[j] = dct * gg[j] * i[j] * (1.0 - i[j]);
-                    df[j] = dct * cl[j] * f[j] * (1.0 - f[j]);
-                    dg[j] = dct * i[j] * (1.0 - gg[j] * gg[j]);
-                    dout[j] = dh2[j] * tc[j] * o[j] * (1.0 - o[j]);
-                    dcell[j] = dct * f[j];
-                }
+            // SAFETY: the output is (b, 5c, hw); this chunk writes positions `r` of channels
+            // q·c + ch (q = 0..5) of image bi, which no other chunk touches.
+            let out_at = |q: usize| unsafe {
+                std::slice::from_raw_parts_mut(
+                    d.0.add((k.bi * 5 * c + q * c + k.ch) * hw + k.r.start),
+                    n,
+                )
+            };
+            let (di, df, dg, dout, dcell) = (out_at(0), out_at(1), out_at(2), out_at(3), out_at(4));
+            for j in 0..n {
+                let dct = dc2[j] + dh2[j] * o[j] * (1.0 - tc[j] * tc[j]);
+                di[j] = dct * gg[j] * i[j] * (1.0 - i[j]);
+                df[j] = dct * cl[j] * f[j] * (1.0 - f[j]);
+                dg[j] = dct * i[j] * (1.0 - gg[j] * gg[j]);
+                dout[j] = dh2[j] * tc[j] * o[j] * (1.0 - o[j]);
+                dcell[j] = dct * f[j];
             }
         });
         let (_, _, h, w) = l1.shape().dims4()?;

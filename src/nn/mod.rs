@@ -547,15 +547,20 @@ pub fn resize_bilinear(xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor
     rows.matmul(&rw.t()?.broadcast_left(c)?.contiguous()?)
 }
 
-/// Largest absolute difference between two tensors of one shape (for tests).
+/// Largest absolute value of an f32 tensor (for tests).
 #[cfg(test)]
-pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
+pub(crate) fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .and_then(|d| d.flatten_all())
         .and_then(|d| d.max(0))
         .and_then(|d| d.to_scalar::<f32>())
-        .expect("tensors of one shape")
+        .expect("an f32 tensor")
+}
+
+/// Largest absolute difference between two tensors of one shape (for tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).expect("tensors of one shape"))
 }
 
 /// A `(b, c, h, w)` tensor of values `0, 1, 2, …` (for tests and examples).
@@ -901,13 +906,7 @@ mod tests {
         ] {
             assert_eq!(a.dims(), r.dims(), "{what}");
             assert!(max_abs_diff(a, r) < 2e-6, "{what}: {}", max_abs_diff(a, r));
-            let size = r
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let size = max_abs(r);
             assert!(size > 0.1, "{what} is not trivially small");
         }
         assert!(lstm_cell(
@@ -999,13 +998,7 @@ mod tests {
         let (reference, g_ref) = run(&|x| attention_composite(x, heads));
         assert_eq!(ours.dims(), &[b, n, heads * hd]);
         assert!(max_abs_diff(&ours, &reference) < 1e-5);
-        let scale = g_ref
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(&g_ref);
         assert!(scale > 1e-2, "the probe reaches q, k and v");
         assert!(
             max_abs_diff(&g_ours, &g_ref) < 1e-5 * scale.max(1.0),
@@ -1015,15 +1008,7 @@ mod tests {
         // Every part (q, k, v) of every head gets a gradient.
         for part in 0..3 * heads {
             let g = g_ours.narrow(2, part * hd, hd).unwrap();
-            assert!(
-                g.abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    > 1e-4
-            );
+            assert!(max_abs(&g) > 1e-4);
         }
         assert!(
             attention(qkv.as_tensor(), 5).is_err(),
@@ -1120,13 +1105,7 @@ mod tests {
                 match (g1.get(v.as_tensor()), g2.get(v.as_tensor())) {
                     (Some(a), Some(r)) => {
                         let d = max_abs_diff(a, r);
-                        let scale = r
-                            .abs()
-                            .unwrap()
-                            .max_all()
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap();
+                        let scale = max_abs(r);
                         assert!(
                             scale > 0.0 && d < 1e-4 * scale.max(1.0),
                             "{what} d{name}: {d}"
