@@ -11,7 +11,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
-use super::{contiguous_f32, grown, product, winograd, with_scratch, OutPtr};
+use super::{contiguous_f32, direct, grown, product, winograd, with_scratch, OutPtr};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -197,6 +197,18 @@ impl candle_core::CustomOp3 for ConvOp {
         let x = contiguous_f32(s1, l1, "conv2d")?;
         let w = contiguous_f32(s2, l2, "conv2d")?;
         let bias = contiguous_f32(s3, l3, "conv2d")?;
+        if direct::applies(g.k, g.stride, g.pad, g.c, cout) {
+            let out = direct::conv3x3(
+                x,
+                (g.b, g.c, g.h, g.w),
+                w,
+                cout,
+                Some(bias),
+                g.pad,
+                self.relu,
+            );
+            return Ok((CpuStorage::F32(out), Shape::from((g.b, cout, g.oh, g.ow))));
+        }
         if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
             let out = winograd::conv3x3(
                 x,
@@ -385,7 +397,8 @@ impl candle_core::CustomOp2 for ConvGradInput {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let w = contiguous_f32(s2, l2, "conv2d backward")?;
-        if g.pad < g.k && winograd::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c) {
+        let direct = g.pad < g.k && direct::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c);
+        if direct || (g.pad < g.k && winograd::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c)) {
             // A stride-1 convolution's input gradient is the convolution of the output gradient,
             // padded by k − 1 − p, with the filters flipped and their channels swapped.
             let mut flipped = vec![0f32; w.len()];
@@ -396,7 +409,12 @@ impl candle_core::CustomOp2 for ConvGradInput {
                     }
                 }
             }
-            let dx = winograd::conv3x3(
+            let conv3x3 = if direct {
+                direct::conv3x3
+            } else {
+                winograd::conv3x3
+            };
+            let dx = conv3x3(
                 dy,
                 (g.b, cout, g.oh, g.ow),
                 &flipped,
@@ -485,6 +503,10 @@ impl candle_core::CustomOp2 for ConvGradWeight {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let x = contiguous_f32(s2, l2, "conv2d backward")?;
+        if direct::applies(g.k, g.stride, g.pad, g.c, cout) {
+            let dw = direct::grad_weight3x3(x, (g.b, g.c, g.h, g.w), dy, cout, g.pad);
+            return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
+        }
         if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
             let dw = winograd::grad_weight3x3(x, (g.b, g.c, g.h, g.w), dy, cout, g.pad);
             return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));

@@ -10,6 +10,7 @@
 
 mod attention;
 mod conv;
+mod direct;
 mod fused;
 mod norm;
 mod pad;
