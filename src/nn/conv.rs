@@ -197,7 +197,7 @@ impl candle_core::CustomOp3 for ConvOp {
         let x = contiguous_f32(s1, l1, "conv2d")?;
         let w = contiguous_f32(s2, l2, "conv2d")?;
         let bias = contiguous_f32(s3, l3, "conv2d")?;
-        if direct::applies(g.k, g.stride, g.pad, g.c, cout) {
+        if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
             let out = direct::conv3x3(
                 x,
                 (g.b, g.c, g.h, g.w),
@@ -397,7 +397,8 @@ impl candle_core::CustomOp2 for ConvGradInput {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let w = contiguous_f32(s2, l2, "conv2d backward")?;
-        let direct = g.pad < g.k && direct::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c);
+        let direct = g.pad < g.k
+            && direct::applies(g.k, g.stride, g.k - 1 - g.pad, g.c.max(cout), g.h * g.w);
         if direct || (g.pad < g.k && winograd::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c)) {
             // A stride-1 convolution's input gradient is the convolution of the output gradient,
             // padded by k − 1 − p, with the filters flipped and their channels swapped.
@@ -503,7 +504,7 @@ impl candle_core::CustomOp2 for ConvGradWeight {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let x = contiguous_f32(s2, l2, "conv2d backward")?;
-        if direct::applies(g.k, g.stride, g.pad, g.c, cout) {
+        if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
             let dw = direct::grad_weight3x3(x, (g.b, g.c, g.h, g.w), dy, cout, g.pad);
             return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
         }
