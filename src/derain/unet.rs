@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::conv;
-use crate::nn::{crop_to, pad_to_multiple, pixel_shuffle, pixel_unshuffle};
+use crate::nn::{crop_to, pad_to_multiple, pixel_shuffle_add, pixel_unshuffle};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +73,7 @@ impl ResBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs + self.conv2.forward(&self.conv1.forward_relu(xs)?)?
+        crate::nn::residual_block(xs, &self.conv1, &self.conv2)
     }
 }
 
@@ -149,12 +149,12 @@ impl Unet {
         for (level, skip) in self.dec.iter().zip(skips).rev() {
             let up = level.resample.as_ref().expect("decoder levels upsample");
             // ReLU before the shuffle: the same values, fused into the convolution.
-            h = (pixel_shuffle(&up.forward_relu(&h)?, 2)? + skip)?;
+            h = pixel_shuffle_add(&up.forward_relu(&h)?, &skip, 2)?;
             for b in &level.blocks {
                 h = b.forward(&h)?;
             }
         }
-        let residual = pixel_shuffle(&self.head.forward(&h)?, self.cfg.unshuffle)?;
-        crop_to(&(padded + residual)?, size)
+        let out = pixel_shuffle_add(&self.head.forward(&h)?, &padded, self.cfg.unshuffle)?;
+        crop_to(&out, size)
     }
 }

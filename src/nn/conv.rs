@@ -193,92 +193,14 @@ impl candle_core::CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, cout) = (self.g, self.cout);
         let x = contiguous_f32(s1, l1, "conv2d")?;
         let w = contiguous_f32(s2, l2, "conv2d")?;
         let bias = contiguous_f32(s3, l3, "conv2d")?;
-        if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
-            let out = direct::conv3x3(
-                x,
-                (g.b, g.c, g.h, g.w),
-                w,
-                cout,
-                Some(bias),
-                g.pad,
-                self.relu,
-            );
-            return Ok((CpuStorage::F32(out), Shape::from((g.b, cout, g.oh, g.ow))));
-        }
-        if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
-            let out = winograd::conv3x3(
-                x,
-                (g.b, g.c, g.h, g.w),
-                w,
-                cout,
-                Some(bias),
-                g.pad,
-                self.relu,
-            );
-            return Ok((CpuStorage::F32(out), Shape::from((g.b, cout, g.oh, g.ow))));
-        }
-        let out_plane = g.oh * g.ow;
-        let ckk = g.c * g.k * g.k;
-        let threads = rayon::current_num_threads();
-        let rows = strip_rows(&g, 1);
-        let strips = g.oh.div_ceil(rows);
-        let tasks = g.b * strips;
-        // Many strips: one per task; few: one after another, each product on every thread.
-        let (outer, inner) = if tasks >= 2 * threads {
-            (true, gemm::Parallelism::None)
-        } else {
-            (false, gemm::Parallelism::Rayon(threads))
-        };
-        let mut out = vec![0f32; g.b * cout * out_plane];
-        let dst = OutPtr(out.as_mut_ptr());
-        let relu = self.relu;
-        let run = |task: usize, cols: &mut Vec<f32>| {
-            let (bi, si) = (task / strips, task % strips);
-            let oys = si * rows..((si + 1) * rows).min(g.oh);
-            let n = oys.len() * g.ow;
-            unfold_strip(&g, x, bi, oys.clone(), cols);
-            let d = dst;
-            // SAFETY: `out` holds b·cout·oh·ow values; this task writes rows `oys` of image `bi`
-            // for every channel (row stride oh·ow), which no other task touches; `w` is
-            // (cout, c·k·k) and `cols` (c·k·k, n), both contiguous.
-            unsafe {
-                let base = d.0.add(bi * cout * out_plane + oys.start * g.ow);
-                for (co, &b) in bias.iter().enumerate() {
-                    std::slice::from_raw_parts_mut(base.add(co * out_plane), n).fill(b);
-                }
-                product(
-                    (cout, n, ckk),
-                    (base, out_plane, 1),
-                    true,
-                    (w.as_ptr(), ckk, 1),
-                    (cols.as_ptr(), n, 1),
-                    1.0,
-                    inner,
-                );
-                if relu {
-                    for co in 0..cout {
-                        for v in std::slice::from_raw_parts_mut(base.add(co * out_plane), n) {
-                            *v = v.max(0.0);
-                        }
-                    }
-                }
-            }
-        };
-        if outer {
-            (0..tasks)
-                .into_par_iter()
-                .for_each(|task| with_scratch(|cols: &mut Vec<f32>| run(task, cols)));
-        } else {
-            let mut cols = Vec::new();
-            for task in 0..tasks {
-                run(task, &mut cols);
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((g.b, cout, g.oh, g.ow))))
+        let out = conv_forward(self.g, self.cout, x, w, bias, self.relu);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((self.g.b, self.cout, self.g.oh, self.g.ow)),
+        ))
     }
 
     fn bwd(
@@ -313,6 +235,82 @@ impl candle_core::CustomOp3 for ConvOp {
         };
         Ok((dx, dw, db))
     }
+}
+
+/// `act(W ⊛ x + b)` on the CPU: the direct kernels, Winograd, or per strip of output rows an
+/// unfolding and one product (see [`ConvOp`]).
+fn conv_forward(
+    g: Geometry,
+    cout: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
+        return direct::conv3x3(x, (g.b, g.c, g.h, g.w), w, cout, Some(bias), g.pad, relu);
+    }
+    if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
+        let out = winograd::conv3x3(x, (g.b, g.c, g.h, g.w), w, cout, Some(bias), g.pad, relu);
+        return out;
+    }
+    let out_plane = g.oh * g.ow;
+    let ckk = g.c * g.k * g.k;
+    let threads = rayon::current_num_threads();
+    let rows = strip_rows(&g, 1);
+    let strips = g.oh.div_ceil(rows);
+    let tasks = g.b * strips;
+    // Many strips: one per task; few: one after another, each product on every thread.
+    let (outer, inner) = if tasks >= 2 * threads {
+        (true, gemm::Parallelism::None)
+    } else {
+        (false, gemm::Parallelism::Rayon(threads))
+    };
+    let mut out = vec![0f32; g.b * cout * out_plane];
+    let dst = OutPtr(out.as_mut_ptr());
+    let run = |task: usize, cols: &mut Vec<f32>| {
+        let (bi, si) = (task / strips, task % strips);
+        let oys = si * rows..((si + 1) * rows).min(g.oh);
+        let n = oys.len() * g.ow;
+        unfold_strip(&g, x, bi, oys.clone(), cols);
+        let d = dst;
+        // SAFETY: `out` holds b·cout·oh·ow values; this task writes rows `oys` of image `bi`
+        // for every channel (row stride oh·ow), which no other task touches; `w` is
+        // (cout, c·k·k) and `cols` (c·k·k, n), both contiguous.
+        unsafe {
+            let base = d.0.add(bi * cout * out_plane + oys.start * g.ow);
+            for (co, &b) in bias.iter().enumerate() {
+                std::slice::from_raw_parts_mut(base.add(co * out_plane), n).fill(b);
+            }
+            product(
+                (cout, n, ckk),
+                (base, out_plane, 1),
+                true,
+                (w.as_ptr(), ckk, 1),
+                (cols.as_ptr(), n, 1),
+                1.0,
+                inner,
+            );
+            if relu {
+                for co in 0..cout {
+                    for v in std::slice::from_raw_parts_mut(base.add(co * out_plane), n) {
+                        *v = v.max(0.0);
+                    }
+                }
+            }
+        }
+    };
+    if outer {
+        (0..tasks)
+            .into_par_iter()
+            .for_each(|task| with_scratch(|cols: &mut Vec<f32>| run(task, cols)));
+    } else {
+        let mut cols = Vec::new();
+        for task in 0..tasks {
+            run(task, &mut cols);
+        }
+    }
+    out
 }
 
 /// `grad · [res > 0]`: the gradient through a ReLU, from its output.
@@ -557,6 +555,172 @@ impl candle_core::CustomOp2 for ConvGradWeight {
             .unwrap_or_else(|| vec![0f32; cout * ckk]);
         Ok((CpuStorage::F32(out), Shape::from((cout, g.c, g.k, g.k))))
     }
+}
+
+/// A residual block `x + conv2(relu(conv1(x)))` (3x3 convolutions, stride 1, padding 1,
+/// `c → c` channels, with biases) as one op each way on the CPU: `(x, packed)` where `packed` is
+/// `[w1, b1, w2, b2]` flattened. candle's backward pass adds every gradient into a fresh zeroed
+/// tensor per graph node; as one node the block saves the forward add and three of those
+/// activation-sized accumulations. The hidden activation is kept by the op for its backward
+/// pass (as candle keeps any intermediate tensor of the graph).
+struct ResidualBlockOp {
+    g: Geometry,
+    hidden: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl ResidualBlockOp {
+    /// `(w1, b1, w2, b2)` from the packed parameters.
+    fn unpack<'a>(&self, p: &'a [f32]) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
+        let (c, n) = (self.g.c, self.g.c * self.g.c * 9);
+        (&p[..n], &p[n..n + c], &p[n + c..2 * n + c], &p[2 * n + c..])
+    }
+}
+
+impl candle_core::CustomOp2 for ResidualBlockOp {
+    fn name(&self) -> &'static str {
+        "raincheck-residual-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        let x = contiguous_f32(s1, l1, "residual block")?;
+        let p = contiguous_f32(s2, l2, "residual block")?;
+        let (w1, b1, w2, b2) = self.unpack(p);
+        let hidden = conv_forward(g, g.c, x, w1, b1, true);
+        let mut out = conv_forward(g, g.c, &hidden, w2, b2, false);
+        let per = super::group_len(out.len(), 1);
+        out.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(o, x)| {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o += x;
+                }
+            });
+        let shape = Shape::from((g.b, g.c, g.h, g.w));
+        let hidden = Tensor::from_vec(hidden, shape.clone(), &candle_core::Device::Cpu)?;
+        *self
+            .hidden
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("residual block: poisoned".into()))? =
+            Some(hidden);
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g, c) = (self.g, self.g.c);
+        let hidden = self
+            .hidden
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("residual block: poisoned".into()))?
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("residual block: no forward pass".into()))?;
+        let n = c * c * 9;
+        let w1 = packed.narrow(0, 0, n)?.reshape((c, c, 3, 3))?;
+        let w2 = packed.narrow(0, n + c, n)?.reshape((c, c, 3, 3))?;
+        let dy = grad.contiguous()?;
+        let x = x.contiguous()?;
+        let dh = dy
+            .apply_op2_no_bwd(&w2.contiguous()?, &ConvGradInput { g, cout: c })?
+            .apply_op2_no_bwd(&hidden, &ReluMask)?;
+        let dp = if packed.track_op() {
+            Some(Tensor::cat(
+                &[
+                    dh.apply_op2_no_bwd(&x, &ConvGradWeight { g, cout: c })?
+                        .flatten_all()?,
+                    dh.apply_op1_no_bwd(&ChannelSums)?,
+                    dy.apply_op2_no_bwd(&hidden, &ConvGradWeight { g, cout: c })?
+                        .flatten_all()?,
+                    dy.apply_op1_no_bwd(&ChannelSums)?,
+                ],
+                0,
+            )?)
+        } else {
+            None
+        };
+        let dx = if x.track_op() {
+            let dx = dh.apply_op2_no_bwd(&w1.contiguous()?, &ConvGradInput { g, cout: c })?;
+            Some(dx.apply_op2_no_bwd(&dy, &AddInto)?)
+        } else {
+            None
+        };
+        Ok((dx, dp))
+    }
+}
+
+/// `a + b` for two contiguous tensors of the same shape, on rayon's threads.
+struct AddInto;
+
+impl candle_core::CustomOp2 for AddInto {
+    fn name(&self) -> &'static str {
+        "raincheck-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous_f32(s1, l1, "add")?;
+        let b = contiguous_f32(s2, l2, "add")?;
+        let out = super::map_groups2(a, b, 1, |o, a, b| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = a + b;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `x + conv2(relu(conv1(x)))`: as one op on the CPU for 3x3, stride-1, padding-1 convolutions
+/// with biases that keep the channel count ([`ResidualBlockOp`]), else composed.
+pub fn residual_block(xs: &Tensor, conv1: &Conv2d, conv2: &Conv2d) -> Result<Tensor> {
+    let (b, c, h, w) = xs.dims4()?;
+    let fits = |conv: &Conv2d| {
+        conv.weight.dims() == [c, c, 3, 3]
+            && conv.stride == 1
+            && conv.padding == 1
+            && conv.bias.as_ref().is_some_and(|b| b.dims() == [c])
+            && conv.weight.dtype() == candle_core::DType::F32
+    };
+    if !(xs.device().is_cpu()
+        && xs.dtype() == candle_core::DType::F32
+        && fits(conv1)
+        && fits(conv2))
+    {
+        return xs + conv2.forward(&conv1.forward_relu(xs)?)?;
+    }
+    let bias = |conv: &Conv2d| conv.bias.clone().expect("checked by fits");
+    let packed = Tensor::cat(
+        &[
+            conv1.weight.flatten_all()?,
+            bias(conv1),
+            conv2.weight.flatten_all()?,
+            bias(conv2),
+        ],
+        0,
+    )?;
+    let g = Geometry::new((b, c, h, w), 3, 1, 1)?;
+    xs.contiguous()?.apply_op2(
+        &packed,
+        ResidualBlockOp {
+            g,
+            hidden: std::sync::Mutex::new(None),
+        },
+    )
 }
 
 /// Unfolds `(b, c, h, w)` into `(c·k·k, b·oh·ow)`.
@@ -849,6 +1013,64 @@ mod tests {
     }
 
     use crate::nn::{max_abs, max_abs_diff as max_diff};
+
+    /// The fused residual block equals candle's composite (conv, bias, ReLU, conv, bias, add):
+    /// output and the gradients of the input and all four parameters; on an untracked input
+    /// only the parameters get gradients.
+    #[test]
+    fn residual_block_matches_candle() {
+        for &(b, c, h, w) in &[(2, 16, 9, 11), (1, 3, 5, 40), (3, 32, 8, 8)] {
+            let case = format!("b{b} c{c} {h}x{w}");
+            let x = Var::from_tensor(&rand(&[b, c, h, w], 31)).unwrap();
+            let w1 = Var::from_tensor(&(rand(&[c, c, 3, 3], 32) * 0.3).unwrap()).unwrap();
+            let b1 = Var::from_tensor(&rand(&[c], 33)).unwrap();
+            let w2 = Var::from_tensor(&(rand(&[c, c, 3, 3], 34) * 0.3).unwrap()).unwrap();
+            let b2 = Var::from_tensor(&rand(&[c], 35)).unwrap();
+            let conv = |w: &Var, bias: &Var| {
+                Conv2d::new(w.as_tensor().clone(), Some(bias.as_tensor().clone()), 1, 1)
+            };
+            let (conv1, conv2) = (conv(&w1, &b1), conv(&w2, &b2));
+            let ours = residual_block(x.as_tensor(), &conv1, &conv2).unwrap();
+            let candle_conv = |xs: &Tensor, w: &Var, bias: &Var| {
+                xs.conv2d(w.as_tensor(), 1, 1, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.as_tensor().reshape((1, c, 1, 1)).unwrap())
+                    .unwrap()
+            };
+            let hidden = candle_conv(x.as_tensor(), &w1, &b1).relu().unwrap();
+            let reference = (x.as_tensor() + candle_conv(&hidden, &w2, &b2)).unwrap();
+            assert!(max_diff(&ours, &reference) < 1e-4, "forward {case}");
+            let probe = rand(ours.dims(), 36);
+            let loss = |t: &Tensor| (t * &probe).unwrap().sum_all().unwrap();
+            let g1 = loss(&ours).backward().unwrap();
+            let g2 = loss(&reference).backward().unwrap();
+            let vars = [
+                ("x", &x),
+                ("w1", &w1),
+                ("b1", &b1),
+                ("w2", &w2),
+                ("b2", &b2),
+            ];
+            for (name, v) in vars {
+                let (a, r) = (
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                );
+                let tol = 1e-4 * max_abs(r).max(1.0);
+                assert!(max_diff(a, r) < tol, "d{name} {case}: {}", max_diff(a, r));
+            }
+            let plain = x.as_tensor().detach();
+            let g3 = loss(&residual_block(&plain, &conv1, &conv2).unwrap())
+                .backward()
+                .unwrap();
+            assert!(g3.get(&plain).is_none(), "{case}");
+            let dw = g3.get(w1.as_tensor()).unwrap();
+            assert!(
+                max_diff(dw, g2.get(w1.as_tensor()).unwrap()) < 1e-3,
+                "{case}"
+            );
+        }
+    }
 
     /// Forward and both gradients equal candle's own conv2d (reference) for paddings, strides,
     /// kernel sizes, batch sizes and odd image sizes.

@@ -18,7 +18,7 @@ mod shuffle;
 mod vmath;
 mod winograd;
 
-pub use conv::{Conv2d, ConvTranspose2d};
+pub use conv::{residual_block, Conv2d, ConvTranspose2d};
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor, D};
 
@@ -349,6 +349,20 @@ pub fn pixel_shuffle(xs: &Tensor, r: usize) -> Result<Tensor> {
     xs.reshape(vec![b, c, r, r, h, w])?
         .permute([0, 1, 4, 2, 5, 3])?
         .reshape((b, c, h * r, w * r))
+}
+
+/// `base + pixel_shuffle(xs, r)`: one op each way on the CPU (see [`pixel_shuffle`]).
+pub fn pixel_shuffle_add(xs: &Tensor, base: &Tensor, r: usize) -> Result<Tensor> {
+    let (b, c, h, w) = xs.dims4()?;
+    if r == 1
+        || c % (r * r) != 0
+        || base.dims() != [b, c / (r * r), h * r, w * r]
+        || !(xs.device().is_cpu() && xs.dtype() == DType::F32 && base.dtype() == DType::F32)
+    {
+        return base + pixel_shuffle(xs, r)?;
+    }
+    xs.contiguous()?
+        .apply_op2(&base.contiguous()?, shuffle::ShuffleAdd { r })
 }
 
 /// Layer normalisation over the last dimension with an affine map (`candle_nn::LayerNorm` has no
@@ -751,8 +765,8 @@ mod tests {
         }
     }
 
-    /// The pixel (un)shuffle and pad-to-multiple kernels equal their composites (reshape and
-    /// permute; `index_select`), values and gradients.
+    /// The pixel (un)shuffle (alone and fused with an add) and pad-to-multiple kernels equal
+    /// their composites (reshape and permute; `index_select`), values and gradients.
     #[test]
     fn shuffle_and_pad_kernels_match_their_composites() {
         let dev = Device::Cpu;
@@ -812,7 +826,13 @@ mod tests {
                 .reshape((b, c, h, w))
                 .unwrap();
             let ours = pixel_shuffle(u.as_tensor(), r).unwrap();
-            check(ours, reference, &u, "shuffle");
+            check(ours, reference.clone(), &u, "shuffle");
+            // Fused with an add: gradients reach both inputs.
+            let reference = (x.as_tensor() + reference).unwrap();
+            for v in [&u, &x] {
+                let ours = pixel_shuffle_add(u.as_tensor(), x.as_tensor(), r).unwrap();
+                check(ours, reference.clone(), v, "shuffle + add");
+            }
         }
         let (ours, _) = pad_to_multiple(x.as_tensor(), 5).unwrap();
         let rows = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7, 6, 5], &dev).unwrap();

@@ -2,7 +2,7 @@
 //! composite (reshape to six dimensions, permute, copy) runs through candle's generic strided
 //! copy, an index computation per value: `unet tiny` spent ~12% of a 960x540 frame there.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
@@ -71,5 +71,63 @@ impl CustomOp1 for Shuffle {
             unshuffle: !self.unshuffle,
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+/// `base + pixel_shuffle(x, r)` in one pass (`(x, base)` → the shape of `base`). Its backward
+/// pass unshuffles the gradient for `x` and hands it on unchanged to `base`: one graph node
+/// where the composite made two (candle zeroes and adds a gradient per node).
+pub(super) struct ShuffleAdd {
+    pub r: usize,
+}
+
+impl CustomOp2 for ShuffleAdd {
+    fn name(&self) -> &'static str {
+        "raincheck-pixel-shuffle-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let base = contiguous_f32(s2, l2, self.name())?;
+        let (_, _, h, w) = l1.shape().dims4()?;
+        let r = self.r;
+        let (oh, ow) = (h * r, w * r);
+        let mut out = base.to_vec();
+        out.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(r * r * h * w))
+            .for_each(|(o, x)| {
+                for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
+                    let (y, i) = (oy / r, oy % r);
+                    for j in 0..r {
+                        let src = &x[((i * r + j) * h + y) * w..][..w];
+                        for (xx, &v) in src.iter().enumerate() {
+                            orow[xx * r + j] += v;
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        base: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let unshuffle = Shuffle {
+            r: self.r,
+            unshuffle: true,
+        };
+        let grad = grad.contiguous()?;
+        let dbase = base.track_op().then(|| grad.clone());
+        Ok((Some(grad.apply_op1_no_bwd(&unshuffle)?), dbase))
     }
 }
