@@ -165,11 +165,13 @@ pub(super) fn conv3x3(
                 let wb = &wp[ob * cin * 9 * CO..][..cin * 9 * CO];
                 let out = &mut buf[ob * CO * n + p..];
                 // SAFETY: the reads reach at most flat index p + 2·row + 2 + BLOCK past this
-                // strip's start in channel cin − 1, inside `xp`'s planes and tail (see `pad_into`);
+                // strip's start in channel cin − 1, inside `xp`'s planes and tail (see `padded`);
                 // the writes are CO rows of BLOCK values at stride n inside `buf`.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    assert!(src.len() >= (cin - 1) * f.plane + p + 2 * f.row + 2 + BLOCK);
+                    assert!(
+                        src.len() >= cin.saturating_sub(1) * f.plane + p + 2 * f.row + 2 + BLOCK
+                    );
                     assert!(out.len() >= (CO - 1) * n + BLOCK);
                     avx512::forward_block(
                         src.as_ptr().add(p),
