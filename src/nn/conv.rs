@@ -248,7 +248,8 @@ fn conv_forward(
     relu: bool,
 ) -> Vec<f32> {
     if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
-        return direct::conv3x3(x, (g.b, g.c, g.h, g.w), w, cout, Some(bias), g.pad, relu);
+        let dims = (g.b, g.c, g.h, g.w);
+        return direct::conv3x3(x, dims, w, cout, Some(bias), g.stride, g.pad, relu);
     }
     if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
         let out = winograd::conv3x3(x, (g.b, g.c, g.h, g.w), w, cout, Some(bias), g.pad, relu);
@@ -395,7 +396,12 @@ impl candle_core::CustomOp2 for ConvGradInput {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let w = contiguous_f32(s2, l2, "conv2d backward")?;
-        let direct = g.pad < g.k
+        if g.stride == 2 && direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
+            let dx = direct::grad_input3x3_s2(dy, (g.b, g.c, g.h, g.w), w, cout, g.pad);
+            return Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))));
+        }
+        let direct = g.stride == 1
+            && g.pad < g.k
             && direct::applies(g.k, g.stride, g.k - 1 - g.pad, g.c.max(cout), g.h * g.w);
         if direct || (g.pad < g.k && winograd::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c)) {
             // A stride-1 convolution's input gradient is the convolution of the output gradient,
@@ -408,20 +414,12 @@ impl candle_core::CustomOp2 for ConvGradInput {
                     }
                 }
             }
-            let conv3x3 = if direct {
-                direct::conv3x3
+            let (dims, pad) = ((g.b, cout, g.oh, g.ow), g.k - 1 - g.pad);
+            let dx = if direct {
+                direct::conv3x3(dy, dims, &flipped, g.c, None, 1, pad, false)
             } else {
-                winograd::conv3x3
+                winograd::conv3x3(dy, dims, &flipped, g.c, None, pad, false)
             };
-            let dx = conv3x3(
-                dy,
-                (g.b, cout, g.oh, g.ow),
-                &flipped,
-                g.c,
-                None,
-                g.k - 1 - g.pad,
-                false,
-            );
             return Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))));
         }
         let (kk, plane, out_plane) = (g.k * g.k, g.h * g.w, g.oh * g.ow);
@@ -503,7 +501,8 @@ impl candle_core::CustomOp2 for ConvGradWeight {
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let x = contiguous_f32(s2, l2, "conv2d backward")?;
         if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
-            let dw = direct::grad_weight3x3(x, (g.b, g.c, g.h, g.w), dy, cout, g.pad);
+            let dims = (g.b, g.c, g.h, g.w);
+            let dw = direct::grad_weight3x3(x, dims, dy, cout, g.stride, g.pad);
             return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
         }
         if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
