@@ -1,10 +1,12 @@
-//! 2-D convolution whose forward and backward passes are all matrix products on the CPU.
+//! 2-D convolution on the CPU with its own forward and backward kernels.
 //!
 //! candle 0.11's CPU `conv2d` computes the input gradient with `conv_transpose2d`, a direct loop
-//! about 4.5x slower than the forward pass. Here a convolution is `W · im2col(x)`: the forward
-//! pass and both gradients (`dW = dY · colsᵀ`, `dcols = Wᵀ · dY`) are `matmul`s (candle's gemm),
-//! and the only custom kernels are the unfolding (`im2col`) and its adjoint (`col2im`, a
-//! scatter-add), written here with rayon. Other devices use candle's own `conv2d`.
+//! about 4.5x slower than the forward pass. Here each pass picks the fastest kernel that fits the
+//! layer: the direct AVX-512 kernels for 3x3 layers of stride 1 or 2 (`direct.rs`), Winograd's
+//! F(2x2, 3x3) for other 3x3 stride-1 layers with ≥ 16 channels (`winograd.rs`), and otherwise
+//! `W · im2col(x)`: the forward pass and both gradients (`dW = dY · colsᵀ`, `dcols = Wᵀ · dY`)
+//! as `gemm` products per strip of output rows, with the unfolding (`im2col`) and its adjoint
+//! (`col2im`, a scatter-add) written here with rayon. Other devices use candle's own `conv2d`.
 //!
 //! Layout: `im2col` maps `(b, c, h, w)` to `(c·kh·kw, b·oh·ow)`, so one plain 2-D product
 //! `(cout, c·kh·kw) × (c·kh·kw, b·oh·ow)` covers the whole batch.
@@ -168,8 +170,8 @@ fn unfold_strip(
 
 /// The fused convolution `act(W ⊛ x + b)` on the CPU, with its own backward pass
 /// ([`ConvGradInput`], [`ConvGradWeight`], [`ChannelSums`]; the ReLU's mask by [`ReluMask`]).
-///
-/// Per image and strip of output rows: the strip's unfolding in a small reused buffer and one
+/// The forward pass is [`conv_forward`]: the direct or Winograd kernels where they apply, else
+/// per image and strip of output rows: the strip's unfolding in a small reused buffer and one
 /// product written straight into the output (pre-filled with the bias), then the activation on
 /// the strip. Memory stays at a few MB where the full unfolding of a 7x7 layer on a video frame
 /// is hundreds of MB, and the output is `(b, cout, oh, ow)` without a transpose.
@@ -238,7 +240,7 @@ impl candle_core::CustomOp3 for ConvOp {
 }
 
 /// `act(W ⊛ x + b)` on the CPU: the direct kernels, Winograd, or per strip of output rows an
-/// unfolding and one product (see [`ConvOp`]).
+/// unfolding and one product written straight into the output.
 fn conv_forward(
     g: Geometry,
     cout: usize,
@@ -374,8 +376,10 @@ impl CustomOp1 for ChannelSums {
     }
 }
 
-/// The input gradient of [`ConvOp`]: per image and strip, `dcols = Wᵀ · dY` and its fold onto
-/// the image (`(dy, w)` → `(b, c, h, w)`).
+/// The input gradient of [`ConvOp`] (`(dy, w)` → `(b, c, h, w)`): the direct kernels (stride 1:
+/// the convolution of `dY` with flipped, channel-swapped filters; stride 2: one per input
+/// phase) or, stride 1, Winograd on the flipped filters; else per image and strip
+/// `dcols = Wᵀ · dY` and its fold onto the image.
 struct ConvGradInput {
     g: Geometry,
     cout: usize,
@@ -478,8 +482,9 @@ impl candle_core::CustomOp2 for ConvGradInput {
     }
 }
 
-/// The weight gradient of [`ConvOp`]: `dW = Σ dY · colsᵀ` over images and strips, each thread
-/// summing its strips into its own `(cout, c·k·k)` matrix (`(dy, x)` → `(cout, c, k, k)`).
+/// The weight gradient of [`ConvOp`] (`(dy, x)` → `(cout, c, k, k)`): the direct or Winograd
+/// kernels where they apply, else `dW = Σ dY · colsᵀ` over images and strips, each thread
+/// summing its strips into its own `(cout, c·k·k)` matrix.
 struct ConvGradWeight {
     g: Geometry,
     cout: usize,
@@ -692,8 +697,11 @@ pub fn residual_block(xs: &Tensor, conv1: &Conv2d, conv2: &Conv2d) -> Result<Ten
         conv.weight.dims() == [c, c, 3, 3]
             && conv.stride == 1
             && conv.padding == 1
-            && conv.bias.as_ref().is_some_and(|b| b.dims() == [c])
+            && conv.bias.as_ref().is_some_and(|b| {
+                b.dims() == [c] && b.dtype() == candle_core::DType::F32 && b.device().is_cpu()
+            })
             && conv.weight.dtype() == candle_core::DType::F32
+            && conv.weight.device().is_cpu()
     };
     if !(xs.device().is_cpu()
         && xs.dtype() == candle_core::DType::F32

@@ -1,7 +1,7 @@
 //! 3x3 convolution (stride 1 or 2) computed directly with register-blocked AVX-512 kernels,
-//! for layers with up to ~128 channels (`unet tiny`'s 16–64, the CycleGAN's residual blocks at
-//! training size), where Winograd's transforms and im2col's unfolding cost as much as the
-//! products they feed.
+//! for layers with at most 128 channels or small outputs (`unet tiny`'s 16–64 channels, the
+//! CycleGAN's 256-channel residual blocks at training size, 32x32), where Winograd's transforms
+//! and im2col's unfolding cost as much as the products they feed.
 //!
 //! The input is copied once into a zero-padded *flat* layout in which every kernel tap is a fixed
 //! offset. Stride 1: per image and channel, rows of `w + pad` values (`pad` zeros, then the image
@@ -125,7 +125,10 @@ impl Flat {
     fn padded(&self, x: &[f32], planes: usize) -> Vec<f32> {
         let mut out = vec![0f32; planes * self.plane + tail(self.row)];
         let (h, w, pad, row) = (self.h, self.w, self.pad, self.row);
-        let planes = out.par_chunks_mut(self.plane).zip(x.par_chunks(h * w));
+        // (An empty image leaves every plane zero.)
+        let planes = out
+            .par_chunks_mut(self.plane)
+            .zip(x.par_chunks((h * w).max(1)));
         if self.stride == 1 {
             planes.for_each(|(dst, src)| {
                 let body = &mut dst[pad * row..][..h * row];
@@ -302,7 +305,8 @@ pub(super) fn conv3x3(
 
 /// The input gradient of a stride-2 [`conv3x3`]: `dx` `(b, cin, h, w)` from the output gradient
 /// `dy` `(b, cout, oh, ow)`. Per phase `(a, b)` of the input, a stride-1 convolution of `dy`
-/// (zero-padded by one row and column before) over the taps `(ki, kj)` with `ki mod 2 = a`,
+/// (a zero row above and below, a zero column before each row that is also the previous row's
+/// trailing zero) over the taps `(ki, kj)` with `ki mod 2 = a`,
 /// `kj mod 2 = b`: `dP[i][j] = Σ W[ki][kj] · dy[i − ki/2][j − kj/2]`; the phases are then
 /// interleaved back into `dx` (every pixel belongs to exactly one phase).
 pub(super) fn grad_input3x3_s2(
@@ -606,12 +610,14 @@ mod tests {
         (1, 2, 3, 1, 2, 2, 1),
     ];
 
-    /// Forward (against candle's convolution, with bias, with and without ReLU), input gradient
-    /// (stride 2; stride 1 is the forward kernel on flipped filters, tested through `conv`) and
-    /// weight gradient (against the sums term by term), for every case above.
+    /// Forward (against candle's convolution, with bias, with and without ReLU; paddings 0–2
+    /// also cover stride 1's input gradient, which is this forward kernel on flipped filters
+    /// padded by 2 − pad), input gradient (stride 2) and weight gradient (against the sums term
+    /// by term), for every case above.
     #[test]
     fn matches_candle_convolution_and_gradients() {
         if !applies(3, 1, 1, 1, 1) {
+            eprintln!("skipped: this CPU has no AVX-512F, the direct kernels never run here");
             return;
         }
         let dev = Device::Cpu;

@@ -355,6 +355,7 @@ pub fn pixel_shuffle(xs: &Tensor, r: usize) -> Result<Tensor> {
 pub fn pixel_shuffle_add(xs: &Tensor, base: &Tensor, r: usize) -> Result<Tensor> {
     let (b, c, h, w) = xs.dims4()?;
     if r == 1
+        || xs.elem_count() == 0
         || c % (r * r) != 0
         || base.dims() != [b, c / (r * r), h * r, w * r]
         || !(xs.device().is_cpu() && xs.dtype() == DType::F32 && base.dtype() == DType::F32)

@@ -117,7 +117,7 @@ impl CustomOp2 for ShuffleAdd {
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         base: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
@@ -127,7 +127,11 @@ impl CustomOp2 for ShuffleAdd {
             unshuffle: true,
         };
         let grad = grad.contiguous()?;
-        let dbase = base.track_op().then(|| grad.clone());
-        Ok((Some(grad.apply_op1_no_bwd(&unshuffle)?), dbase))
+        let dx = if x.track_op() {
+            Some(grad.apply_op1_no_bwd(&unshuffle)?)
+        } else {
+            None
+        };
+        Ok((dx, base.track_op().then(|| grad.clone())))
     }
 }
