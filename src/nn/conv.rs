@@ -169,7 +169,7 @@ fn unfold_strip(
 }
 
 /// The fused convolution `act(W ⊛ x + b)` on the CPU, with its own backward pass
-/// ([`ConvGradInput`], [`ConvGradWeight`], [`ChannelSums`]; the ReLU's mask by [`ReluMask`]).
+/// ([`ConvGradInput`], [`ConvGradWeight`], [`ChannelSums`]; the ReLU's mask by [`relu_mask`]).
 /// The forward pass is [`conv_forward`]: the direct or Winograd kernels where they apply, else
 /// per image and strip of output rows: the strip's unfolding in a small reused buffer and one
 /// product written straight into the output (pre-filled with the bias), then the activation on
@@ -215,7 +215,7 @@ impl candle_core::CustomOp3 for ConvOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dy = if self.relu {
-            grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?
+            relu_mask(&grad, res)?
         } else {
             grad
         };
@@ -317,29 +317,8 @@ fn conv_forward(
 }
 
 /// `grad · [res > 0]`: the gradient through a ReLU, from its output.
-struct ReluMask;
-
-impl candle_core::CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "raincheck-relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let grad = contiguous_f32(s1, l1, "relu mask")?;
-        let res = contiguous_f32(s2, l2, "relu mask")?;
-        let out = super::map_groups2(grad, res, 1, |o, g, r| {
-            for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
-                *o = if r > 0.0 { g } else { 0.0 };
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
+fn relu_mask(grad: &Tensor, res: &Tensor) -> Result<Tensor> {
+    super::zip2(grad, res, "relu mask", |g, r| if r > 0.0 { g } else { 0.0 })
 }
 
 /// The bias gradient: per channel, the sum of `(b, c, h, w)` over images and pixels.
@@ -635,9 +614,8 @@ impl candle_core::CustomOp2 for ResidualBlockOp {
         let w2 = packed.narrow(0, n + c, n)?.reshape((c, c, 3, 3))?;
         let dy = grad.contiguous()?;
         let x = x.contiguous()?;
-        let dh = dy
-            .apply_op2_no_bwd(&w2.contiguous()?, &ConvGradInput { g, cout: c })?
-            .apply_op2_no_bwd(&hidden, &ReluMask)?;
+        let dh = dy.apply_op2_no_bwd(&w2.contiguous()?, &ConvGradInput { g, cout: c })?;
+        let dh = relu_mask(&dh, &hidden)?;
         let dp = if packed.track_op() {
             Some(Tensor::cat(
                 &[
@@ -655,7 +633,7 @@ impl candle_core::CustomOp2 for ResidualBlockOp {
         };
         let dx = if x.track_op() {
             let dx = dh.apply_op2_no_bwd(&w1.contiguous()?, &ConvGradInput { g, cout: c })?;
-            Some(dx.apply_op2_no_bwd(&dy, &AddInto)?)
+            Some(super::zip2(&dx, &dy, "gradient sum", |a, b| a + b)?)
         } else {
             None
         };
@@ -663,60 +641,33 @@ impl candle_core::CustomOp2 for ResidualBlockOp {
     }
 }
 
-/// `a + b` for two contiguous tensors of the same shape, on rayon's threads.
-struct AddInto;
-
-impl candle_core::CustomOp2 for AddInto {
-    fn name(&self) -> &'static str {
-        "raincheck-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let a = contiguous_f32(s1, l1, "add")?;
-        let b = contiguous_f32(s2, l2, "add")?;
-        let out = super::map_groups2(a, b, 1, |o, a, b| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                *o = a + b;
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
 /// `x + conv2(relu(conv1(x)))`: as one op on the CPU for 3x3, stride-1, padding-1 convolutions
 /// with biases that keep the channel count ([`ResidualBlockOp`]), else composed.
 pub fn residual_block(xs: &Tensor, conv1: &Conv2d, conv2: &Conv2d) -> Result<Tensor> {
     let (b, c, h, w) = xs.dims4()?;
-    let fits = |conv: &Conv2d| {
-        conv.weight.dims() == [c, c, 3, 3]
+    fn cpu_f32(t: &Tensor) -> bool {
+        t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+    }
+    /// The bias of a `c → c` 3x3, stride-1, padding-1 CPU f32 layer (what the fused op takes).
+    fn fitting_bias(conv: &Conv2d, c: usize) -> Option<&Tensor> {
+        let fits = conv.weight.dims() == [c, c, 3, 3]
             && conv.stride == 1
             && conv.padding == 1
-            && conv.bias.as_ref().is_some_and(|b| {
-                b.dims() == [c] && b.dtype() == candle_core::DType::F32 && b.device().is_cpu()
-            })
-            && conv.weight.dtype() == candle_core::DType::F32
-            && conv.weight.device().is_cpu()
-    };
-    if !(xs.device().is_cpu()
-        && xs.dtype() == candle_core::DType::F32
-        && fits(conv1)
-        && fits(conv2))
-    {
-        return xs + conv2.forward(&conv1.forward_relu(xs)?)?;
+            && cpu_f32(&conv.weight);
+        conv.bias
+            .as_ref()
+            .filter(|b| fits && b.dims() == [c] && cpu_f32(b))
     }
-    let bias = |conv: &Conv2d| conv.bias.clone().expect("checked by fits");
+    let (Some(b1), Some(b2), true) = (fitting_bias(conv1, c), fitting_bias(conv2, c), cpu_f32(xs))
+    else {
+        return xs + conv2.forward(&conv1.forward_relu(xs)?)?;
+    };
     let packed = Tensor::cat(
         &[
             conv1.weight.flatten_all()?,
-            bias(conv1),
+            b1.clone(),
             conv2.weight.flatten_all()?,
-            bias(conv2),
+            b2.clone(),
         ],
         0,
     )?;
@@ -1011,12 +962,7 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| {
-                (((i as u64 + 1) * (seed * 2 + 1) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        Tensor::from_vec(crate::nn::test_values(n, seed), shape, &Device::Cpu).unwrap()
     }
 
     use crate::nn::{max_abs, max_abs_diff as max_diff};

@@ -530,26 +530,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::{max_abs_err as max_err, test_values as rand};
     use candle_core::{Device, Tensor};
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u64 + 1) * (seed * 2 + 1) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// The largest absolute difference and the reference's largest absolute value.
-    fn max_err(ours: &[f32], r: &[f32]) -> (f32, f32) {
-        assert_eq!(ours.len(), r.len());
-        let d = ours
-            .iter()
-            .zip(r)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        (d, r.iter().fold(0f32, |m, v| m.max(v.abs())))
-    }
 
     /// Every (image, channel, row, column) of a `(b, c, h, w)` array.
     fn each_index((b, c, h, w): Dims) -> impl Iterator<Item = Dims> {

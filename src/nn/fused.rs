@@ -398,42 +398,14 @@ impl candle_core::CustomOp2 for L1Loss {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let scale = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?
             / a.elem_count().max(1) as f32;
-        let da = a
-            .contiguous()?
-            .apply_op2_no_bwd(&b.contiguous()?, &L1Grad { scale })?;
+        // `scale · sign(a − b)`, 0 where they are equal (PyTorch's `l1_loss`). Branch-free, so
+        // it vectorises: on random data a three-way branch mispredicted every other value and
+        // took 8% of a `unet tiny` training step.
+        let da = super::zip2(a, b, "l1 loss backward", move |x, y| {
+            scale * ((x > y) as u8 as f32 - (x < y) as u8 as f32)
+        })?;
         let db = if b.track_op() { Some(da.neg()?) } else { None };
         Ok((a.track_op().then_some(da), db))
-    }
-}
-
-/// `scale · sign(a − b)` (0 where they are equal, as PyTorch's `l1_loss`).
-struct L1Grad {
-    scale: f32,
-}
-
-impl candle_core::CustomOp2 for L1Grad {
-    fn name(&self) -> &'static str {
-        "raincheck-l1-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let a = contiguous_f32(s1, l1, "l1 loss backward")?;
-        let b = contiguous_f32(s2, l2, "l1 loss backward")?;
-        let s = self.scale;
-        let out = map_groups2(a, b, 1, |o, a, b| {
-            // Branch-free (so it vectorises): on random data the three-way branch mispredicted
-            // every other value and took 8% of a `unet tiny` training step.
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = s * ((x > y) as u8 as f32 - (x < y) as u8 as f32);
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

@@ -161,6 +161,57 @@ fn map_groups2(
     out
 }
 
+/// `f(a, b)` value by value over two f32 tensors of one shape, in parallel, on the CPU: the
+/// backward passes' element-wise steps (the ReLU's mask, the L1 gradient, a gradient sum) as
+/// one generic op rather than a struct and a `CustomOp2` impl each. Run it with
+/// `apply_op2_no_bwd` (it has no backward pass of its own).
+struct Zip2<F> {
+    name: &'static str,
+    f: F,
+}
+
+impl<F: Fn(f32, f32) -> f32 + Send + Sync> candle_core::CustomOp2 for Zip2<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, candle_core::Shape)> {
+        let a = contiguous_f32(s1, l1, self.name)?;
+        let b = contiguous_f32(s2, l2, self.name)?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?} differ",
+                self.name,
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let out = map_groups2(a, b, 1, |o, a, b| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = (self.f)(a, b);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `f(a, b)` value by value (see [`Zip2`]); `a` and `b` contiguous f32 CPU tensors.
+fn zip2(
+    a: &Tensor,
+    b: &Tensor,
+    name: &'static str,
+    f: impl Fn(f32, f32) -> f32 + Send + Sync,
+) -> Result<Tensor> {
+    a.contiguous()?
+        .apply_op2_no_bwd(&b.contiguous()?, &Zip2 { name, f })
+}
+
 /// `f(out_row, x_row)` for every `row`-value row of `x`, in parallel, into a new vector.
 fn map_rows(x: &[f32], row: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
     map_groups(x, row, |o, x| {
@@ -577,6 +628,27 @@ pub(crate) fn max_abs(t: &Tensor) -> f32 {
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).expect("tensors of one shape"))
+}
+
+/// `n` deterministic pseudo-random values in [−1, 1) (for tests).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u64 + 1) * (seed * 2 + 1) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// The largest absolute difference between two value lists of one length, and the second's
+/// largest absolute value (its scale), for tests.
+#[cfg(test)]
+pub(crate) fn max_abs_err(ours: &[f32], reference: &[f32]) -> (f32, f32) {
+    assert_eq!(ours.len(), reference.len());
+    let d = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    (d, reference.iter().fold(0f32, |m, v| m.max(v.abs())))
 }
 
 /// A `(b, c, h, w)` tensor of values `0, 1, 2, …` (for tests and examples).

@@ -46,22 +46,11 @@ impl CustomOp1 for Shuffle {
                 });
             Ok((CpuStorage::F32(out), Shape::from((b, c * r * r, oh, ow))))
         } else {
-            // r² input planes (h, w) → one output plane (h·r, w·r).
-            let (oh, ow) = (h * r, w * r);
-            out.par_chunks_mut(oh * ow)
-                .zip(x.par_chunks(r * r * h * w))
-                .for_each(|(o, x)| {
-                    for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
-                        let (y, i) = (oy / r, oy % r);
-                        for j in 0..r {
-                            let src = &x[((i * r + j) * h + y) * w..][..w];
-                            for (xx, &v) in src.iter().enumerate() {
-                                orow[xx * r + j] = v;
-                            }
-                        }
-                    }
-                });
-            Ok((CpuStorage::F32(out), Shape::from((b, c / (r * r), oh, ow))))
+            shuffle_into(&mut out, x, (r, h, w), |o, v| *o = v);
+            Ok((
+                CpuStorage::F32(out),
+                Shape::from((b, c / (r * r), h * r, w * r)),
+            ))
         }
     }
 
@@ -72,6 +61,33 @@ impl CustomOp1 for Shuffle {
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&inverse)?))
     }
+}
+
+/// `op(out, v)` for every value `v` of `x` (`(b, c·r², h, w)`) and its place in the pixel
+/// shuffle `out` (`(b, c, h·r, w·r)`): one output plane from r² input planes, in parallel.
+fn shuffle_into(
+    out: &mut [f32],
+    x: &[f32],
+    (r, h, w): (usize, usize, usize),
+    op: impl Fn(&mut f32, f32) + Sync,
+) {
+    let (oh, ow) = (h * r, w * r);
+    if x.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(r * r * h * w))
+        .for_each(|(o, x)| {
+            for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
+                let (y, i) = (oy / r, oy % r);
+                for j in 0..r {
+                    let src = &x[((i * r + j) * h + y) * w..][..w];
+                    for (xx, &v) in src.iter().enumerate() {
+                        op(&mut orow[xx * r + j], v);
+                    }
+                }
+            }
+        });
 }
 
 /// `base + pixel_shuffle(x, r)` in one pass (`(x, base)` → the shape of `base`). Its backward
@@ -96,22 +112,8 @@ impl CustomOp2 for ShuffleAdd {
         let x = contiguous_f32(s1, l1, self.name())?;
         let base = contiguous_f32(s2, l2, self.name())?;
         let (_, _, h, w) = l1.shape().dims4()?;
-        let r = self.r;
-        let (oh, ow) = (h * r, w * r);
         let mut out = base.to_vec();
-        out.par_chunks_mut(oh * ow)
-            .zip(x.par_chunks(r * r * h * w))
-            .for_each(|(o, x)| {
-                for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
-                    let (y, i) = (oy / r, oy % r);
-                    for j in 0..r {
-                        let src = &x[((i * r + j) * h + y) * w..][..w];
-                        for (xx, &v) in src.iter().enumerate() {
-                            orow[xx * r + j] += v;
-                        }
-                    }
-                }
-            });
+        shuffle_into(&mut out, x, (self.r, h, w), |o, v| *o += v);
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 

@@ -603,15 +603,8 @@ fn transform_output_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::{max_abs_err, test_values as rand};
     use candle_core::{Device, Tensor};
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u64 + 1) * (seed * 2 + 1) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The weight gradient equals candle's (the gradient of `Σ probe · conv(x, w)`), for odd and
     /// even sizes, paddings 0–2 and several images and blocks.
@@ -642,12 +635,7 @@ mod tests {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let d = ours
-                .iter()
-                .zip(&r)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (d, scale) = max_abs_err(&ours, &r);
             assert!(
                 d <= 1e-5 * scale.max(1.0),
                 "b{b} {cin}->{cout} {h}x{w} p{pad}: {d} (max {scale})"
@@ -689,12 +677,7 @@ mod tests {
             }
             assert_eq!(r.dims(), &[b, cout, oh, ow]);
             let r: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
-            let d = ours
-                .iter()
-                .zip(&r)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (d, scale) = max_abs_err(&ours, &r);
             assert!(
                 d <= 1e-5 * scale.max(1.0),
                 "b{b} {cin}->{cout} {h}x{w} p{pad}: {d} (max {scale})"
