@@ -18,7 +18,9 @@ use candle_nn::{Init, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::derain::{read_weights, DerainError, Params, Result};
-use crate::nn::{instance_norm, reflection_pad2d, Conv2d, ConvTranspose2d};
+use crate::nn::{
+    instance_norm, instance_norm_leaky_relu, leaky_relu, reflection_pad2d, Conv2d, ConvTranspose2d,
+};
 
 /// Instance norm's epsilon in the reference (PyTorch's default).
 const IN_EPS: f64 = 1e-5;
@@ -107,9 +109,13 @@ fn up(
     Ok(ConvTranspose2d::new(w, Some(b), 2, 1, 1))
 }
 
+/// Instance norm then ReLU, one op each way on the CPU.
 fn in_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    instance_norm(x, IN_EPS)?.relu()
+    instance_norm_leaky_relu(x, IN_EPS, 0.0)
 }
+
+/// The PatchGAN's LeakyReLU slope.
+const LEAKY_SLOPE: f32 = 0.2;
 
 pub struct Generator {
     config: GeneratorConfig,
@@ -235,12 +241,23 @@ impl Discriminator {
         let mut x = xs.clone();
         for (c, norm) in &self.convs {
             x = c.forward(&x)?;
-            if *norm {
-                x = instance_norm(&x, IN_EPS)?;
-            }
-            x = x.maximum(&(&x * 0.2)?)?;
+            x = if *norm {
+                instance_norm_leaky_relu(&x, IN_EPS, LEAKY_SLOPE)?
+            } else {
+                leaky_relu(&x, LEAKY_SLOPE)?
+            };
         }
         self.head.forward(&x)
+    }
+
+    /// The same network on untracked copies of its weights, so that a backward pass through it
+    /// computes no weight gradients: for the generators' step (the reference's
+    /// `set_requires_grad([netD_A, netD_B], False)`).
+    pub fn frozen(&self) -> Discriminator {
+        Discriminator {
+            convs: self.convs.iter().map(|(c, n)| (c.detached(), *n)).collect(),
+            head: self.head.detached(),
+        }
     }
 }
 

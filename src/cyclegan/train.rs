@@ -525,8 +525,10 @@ fn step(
     let rec_b = nets.g_a.forward(&fake_a)?;
     let lc = o.lambda_cycle;
     let li = o.lambda_identity * lc;
-    let g_gan =
-        (mse_to(&nets.d_a.forward(&fake_b)?, 1.0)? + mse_to(&nets.d_b.forward(&fake_a)?, 1.0)?)?;
+    // The discriminators judge the fakes on frozen weights: the generators' backward pass
+    // then computes no discriminator weight gradients (they would be discarded).
+    let (d_a, d_b) = (nets.d_a.frozen(), nets.d_b.frozen());
+    let g_gan = (mse_to(&d_a.forward(&fake_b)?, 1.0)? + mse_to(&d_b.forward(&fake_a)?, 1.0)?)?;
     let g_cycle = ((l1(&rec_a, real_a)? + l1(&rec_b, real_b)?)? * lc)?;
     let mut g_total = (&g_gan + &g_cycle)?;
     let g_idt = if li > 0.0 {

@@ -2,14 +2,16 @@
 //!
 //! candle 0.11's CPU `conv2d` computes the input gradient with `conv_transpose2d`, a direct loop
 //! about 4.5x slower than the forward pass. Here each pass picks the fastest kernel that fits the
-//! layer: the direct AVX-512 kernels for 3x3 layers of stride 1 or 2 (`direct.rs`), Winograd's
-//! F(2x2, 3x3) for other 3x3 stride-1 layers with ≥ 16 channels (`winograd.rs`), and otherwise
-//! `W · im2col(x)`: the forward pass and both gradients (`dW = dY · colsᵀ`, `dcols = Wᵀ · dY`)
-//! as `gemm` products per strip of output rows, with the unfolding (`im2col`) and its adjoint
-//! (`col2im`, a scatter-add) written here with rayon. Other devices use candle's own `conv2d`.
+//! layer: the direct AVX-512 kernels for k x k layers (2 ≤ k ≤ 7) of stride 1 or 2
+//! (`direct.rs`), Winograd's F(2x2, 3x3) for other 3x3 stride-1 layers with ≥ 16 channels
+//! (`winograd.rs`), and otherwise `W · im2col(x)`: the forward pass and both gradients
+//! (`dW = dY · colsᵀ`, `dcols = Wᵀ · dY`) as `gemm` products per strip of output rows, with the
+//! unfolding (`im2col`) and its adjoint (`col2im`, a scatter-add) written here with rayon. The
+//! transposed convolution is the adjoint of a convolution and reuses all of it. Other devices
+//! use candle's own `conv2d`.
 //!
-//! Layout: `im2col` maps `(b, c, h, w)` to `(c·kh·kw, b·oh·ow)`, so one plain 2-D product
-//! `(cout, c·kh·kw) × (c·kh·kw, b·oh·ow)` covers the whole batch.
+//! Layout: `im2col` unfolds a strip of output rows of one image into `(c·kh·kw, rows·ow)`, so
+//! one plain 2-D product `(cout, c·kh·kw) × (c·kh·kw, rows·ow)` covers it.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
@@ -53,11 +55,6 @@ impl Geometry {
             oh: (h + 2 * pad - k) / stride + 1,
             ow: (w + 2 * pad - k) / stride + 1,
         })
-    }
-
-    /// Columns of the unfolded matrix: one per output pixel of every image.
-    fn cols(&self) -> usize {
-        self.b * self.oh * self.ow
     }
 
     /// For kernel column `kj`, the output columns `ox` whose input column `ox·s + kj − p` lies
@@ -249,9 +246,9 @@ fn conv_forward(
     bias: &[f32],
     relu: bool,
 ) -> Vec<f32> {
-    if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
+    if direct::applies(g.k, g.stride, g.pad, (g.c, cout), g.oh * g.ow) {
         let dims = (g.b, g.c, g.h, g.w);
-        return direct::conv3x3(x, dims, w, cout, Some(bias), g.stride, g.pad, relu);
+        return direct::conv(x, dims, w, (cout, Some(bias)), (g.k, g.stride, g.pad), relu);
     }
     if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
         let out = winograd::conv3x3(x, (g.b, g.c, g.h, g.w), w, cout, Some(bias), g.pad, relu);
@@ -376,89 +373,95 @@ impl candle_core::CustomOp2 for ConvGradInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let w = contiguous_f32(s2, l2, "conv2d backward")?;
-        if g.stride == 2 && direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
-            let dx = direct::grad_input3x3_s2(dy, (g.b, g.c, g.h, g.w), w, cout, g.pad);
-            return Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))));
-        }
-        let direct = g.stride == 1
-            && g.pad < g.k
-            && direct::applies(g.k, g.stride, g.k - 1 - g.pad, g.c.max(cout), g.h * g.w);
-        if direct || (g.pad < g.k && winograd::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c)) {
-            // A stride-1 convolution's input gradient is the convolution of the output gradient,
-            // padded by k − 1 − p, with the filters flipped and their channels swapped.
-            let mut flipped = vec![0f32; w.len()];
-            for co in 0..cout {
-                for ci in 0..g.c {
-                    for t in 0..9 {
-                        flipped[(ci * cout + co) * 9 + 8 - t] = w[(co * g.c + ci) * 9 + t];
-                    }
-                }
-            }
-            let (dims, pad) = ((g.b, cout, g.oh, g.ow), g.k - 1 - g.pad);
-            let dx = if direct {
-                direct::conv3x3(dy, dims, &flipped, g.c, None, 1, pad, false)
-            } else {
-                winograd::conv3x3(dy, dims, &flipped, g.c, None, pad, false)
-            };
-            return Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))));
-        }
-        let (kk, plane, out_plane) = (g.k * g.k, g.h * g.w, g.oh * g.ow);
-        let ckk = g.c * kk;
-        let threads = rayon::current_num_threads();
-        // A strip's fold reaches k − 1 input rows beyond its own (s·rows) rows: with at least
-        // k / s rows per strip, strips two apart never touch the same input rows, so the even
-        // strips run in parallel, then the odd ones.
-        let rows = strip_rows(&g, 2 * threads).max(g.k.div_ceil(g.stride));
-        let strips = g.oh.div_ceil(rows);
-        let mut out = vec![0f32; g.b * g.c * plane];
-        let dst = OutPtr(out.as_mut_ptr());
-        let run = |dcols: &mut Vec<f32>, (bi, si): (usize, usize)| {
-            let oys = si * rows..((si + 1) * rows).min(g.oh);
-            let n = oys.len() * g.ow;
-            grown(dcols, ckk * n);
-            // SAFETY: `w` is (cout, c·k·k) contiguous, read as its transpose; the strip of `dy`
-            // is (cout, n) with row stride oh·ow; `dcols` (c·k·k, n) is this task's.
-            unsafe {
-                product(
-                    (ckk, n, cout),
-                    (dcols.as_mut_ptr(), n, 1),
-                    false,
-                    (w.as_ptr(), 1, ckk),
-                    (
-                        dy.as_ptr().add(bi * cout * out_plane + oys.start * g.ow),
-                        out_plane,
-                        1,
-                    ),
-                    1.0,
-                    gemm::Parallelism::None,
-                );
-            }
-            let d = dst;
-            for c in 0..g.c {
-                // SAFETY: the strip folds into input rows no other task of this phase touches
-                // (see above), of image `bi` only.
-                let plane_dst = unsafe {
-                    std::slice::from_raw_parts_mut(d.0.add((bi * g.c + c) * plane), plane)
-                };
-                for t in 0..kk {
-                    let src = &dcols[(c * kk + t) * n..][..n];
-                    fold_tap(&g, src, (t / g.k, t % g.k), oys.clone(), plane_dst);
-                }
-            }
-        };
-        for phase in 0..2 {
-            let tasks: Vec<(usize, usize)> = (0..g.b)
-                .flat_map(|bi| (phase..strips).step_by(2).map(move |si| (bi, si)))
-                .collect();
-            tasks
-                .into_par_iter()
-                .for_each(|task| with_scratch(|dcols: &mut Vec<f32>| run(dcols, task)));
-        }
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.h, g.w))))
+        let g = self.g;
+        let dx = grad_input(g, self.cout, dy, w);
+        Ok((CpuStorage::F32(dx), Shape::from((g.b, g.c, g.h, g.w))))
     }
+}
+
+/// The input gradient `(b, c, h, w)` of the convolution `g` with `cout` outputs from `dy` and
+/// the weights `w` `(cout, c, k, k)`: see [`ConvGradInput`].
+fn grad_input(g: Geometry, cout: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if g.stride == 2 && direct::applies(g.k, g.stride, g.pad, (g.c, cout), g.oh * g.ow) {
+        return direct::grad_input_s2(dy, (g.b, g.c, g.h, g.w), w, cout, (g.k, g.pad));
+    }
+    let direct = g.stride == 1
+        && g.pad < g.k
+        && direct::applies(g.k, g.stride, g.k - 1 - g.pad, (g.c, cout), g.h * g.w);
+    if direct || (g.pad < g.k && winograd::applies(g.k, g.stride, g.k - 1 - g.pad, cout, g.c)) {
+        // A stride-1 convolution's input gradient is the convolution of the output gradient,
+        // padded by k − 1 − p, with the filters flipped and their channels swapped.
+        let kk = g.k * g.k;
+        let mut flipped = vec![0f32; w.len()];
+        for co in 0..cout {
+            for ci in 0..g.c {
+                for t in 0..kk {
+                    flipped[(ci * cout + co) * kk + kk - 1 - t] = w[(co * g.c + ci) * kk + t];
+                }
+            }
+        }
+        let (dims, pad) = ((g.b, cout, g.oh, g.ow), g.k - 1 - g.pad);
+        return if direct {
+            direct::conv(dy, dims, &flipped, (g.c, None), (g.k, 1, pad), false)
+        } else {
+            winograd::conv3x3(dy, dims, &flipped, g.c, None, pad, false)
+        };
+    }
+    let (kk, plane, out_plane) = (g.k * g.k, g.h * g.w, g.oh * g.ow);
+    let ckk = g.c * kk;
+    let threads = rayon::current_num_threads();
+    // A strip's fold reaches k − 1 input rows beyond its own (s·rows) rows: with at least
+    // k / s rows per strip, strips two apart never touch the same input rows, so the even
+    // strips run in parallel, then the odd ones.
+    let rows = strip_rows(&g, 2 * threads).max(g.k.div_ceil(g.stride));
+    let strips = g.oh.div_ceil(rows);
+    let mut out = vec![0f32; g.b * g.c * plane];
+    let dst = OutPtr(out.as_mut_ptr());
+    let run = |dcols: &mut Vec<f32>, (bi, si): (usize, usize)| {
+        let oys = si * rows..((si + 1) * rows).min(g.oh);
+        let n = oys.len() * g.ow;
+        grown(dcols, ckk * n);
+        // SAFETY: `w` is (cout, c·k·k) contiguous, read as its transpose; the strip of `dy`
+        // is (cout, n) with row stride oh·ow; `dcols` (c·k·k, n) is this task's.
+        unsafe {
+            product(
+                (ckk, n, cout),
+                (dcols.as_mut_ptr(), n, 1),
+                false,
+                (w.as_ptr(), 1, ckk),
+                (
+                    dy.as_ptr().add(bi * cout * out_plane + oys.start * g.ow),
+                    out_plane,
+                    1,
+                ),
+                1.0,
+                gemm::Parallelism::None,
+            );
+        }
+        let d = dst;
+        for c in 0..g.c {
+            // SAFETY: the strip folds into input rows no other task of this phase touches
+            // (see above), of image `bi` only.
+            let plane_dst = unsafe {
+                std::slice::from_raw_parts_mut(d.0.add((bi * g.c + c) * plane), plane)
+            };
+            for t in 0..kk {
+                let src = &dcols[(c * kk + t) * n..][..n];
+                fold_tap(&g, src, (t / g.k, t % g.k), oys.clone(), plane_dst);
+            }
+        }
+    };
+    for phase in 0..2 {
+        let tasks: Vec<(usize, usize)> = (0..g.b)
+            .flat_map(|bi| (phase..strips).step_by(2).map(move |si| (bi, si)))
+            .collect();
+        tasks
+            .into_par_iter()
+            .for_each(|task| with_scratch(|dcols: &mut Vec<f32>| run(dcols, task)));
+    }
+    out
 }
 
 /// The weight gradient of [`ConvOp`] (`(dy, x)` → `(cout, c, k, k)`): the direct or Winograd
@@ -484,9 +487,9 @@ impl candle_core::CustomOp2 for ConvGradWeight {
         let (g, cout) = (self.g, self.cout);
         let dy = contiguous_f32(s1, l1, "conv2d backward")?;
         let x = contiguous_f32(s2, l2, "conv2d backward")?;
-        if direct::applies(g.k, g.stride, g.pad, g.c.max(cout), g.oh * g.ow) {
+        if direct::applies(g.k, g.stride, g.pad, (g.c, cout), g.oh * g.ow) {
             let dims = (g.b, g.c, g.h, g.w);
-            let dw = direct::grad_weight3x3(x, dims, dy, cout, g.stride, g.pad);
+            let dw = direct::grad_weight(x, dims, dy, cout, (g.k, g.stride, g.pad));
             return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
         }
         if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
@@ -681,90 +684,101 @@ pub fn residual_block(xs: &Tensor, conv1: &Conv2d, conv2: &Conv2d) -> Result<Ten
     )
 }
 
-/// Unfolds `(b, c, h, w)` into `(c·k·k, b·oh·ow)`.
-struct Im2Col(Geometry);
+/// A transposed convolution `convᵀ(x; W) + b` on the CPU as the adjoint of the convolution `g`
+/// (`g`'s input has the transposed convolution's output shape, its output the input's): the
+/// forward pass is that convolution's input gradient ([`grad_input`]: the direct kernels, one
+/// per phase, for the CycleGAN's stride-2 upsamplings), the input gradient is the convolution
+/// itself, the weight gradient its weight gradient with the roles of input and output swapped
+/// (which yields the `(cin, cout, k, k)` layout of a transposed convolution's weight).
+struct ConvTransposeOp {
+    g: Geometry,
+    cin: usize,
+}
 
-/// The adjoint of [`Im2Col`]: folds `(c·k·k, b·oh·ow)` back into `(b, c, h, w)`, summing overlaps.
-struct Col2Im(Geometry);
-
-impl CustomOp1 for Im2Col {
+impl candle_core::CustomOp3 for ConvTransposeOp {
     fn name(&self) -> &'static str {
-        "raincheck-im2col"
+        "raincheck-conv-transpose2d"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let x = contiguous_f32(storage, layout, "im2col")?;
-        let (n, kk) = (g.cols(), g.k * g.k);
-        let mut out = vec![0f32; g.c * kk * n];
-        let plane = g.h * g.w;
-        // One row of the output per (channel, ki, kj); rows are independent.
-        let per_image = g.oh * g.ow;
-        out.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
-            let (c, ki, kj) = (row / kk, row % kk / g.k, row % g.k);
-            for bi in 0..g.b {
-                let src = &x[(bi * g.c + c) * plane..][..plane];
-                unfold_tap(
-                    &g,
-                    src,
-                    (ki, kj),
-                    0..g.oh,
-                    &mut dst[bi * per_image..][..per_image],
-                );
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((g.c * kk, n))))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "conv_transpose2d")?;
+        let w = contiguous_f32(s2, l2, "conv_transpose2d")?;
+        let bias = contiguous_f32(s3, l3, "conv_transpose2d")?;
+        let g = self.g;
+        let mut y = grad_input(g, self.cin, x, w);
+        y.par_chunks_mut((g.h * g.w).max(1))
+            .enumerate()
+            .for_each(|(i, plane)| {
+                let b = bias[i % g.c];
+                plane.iter_mut().for_each(|v| *v += b);
+            });
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.c, g.h, g.w))))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (g, cin) = (self.g, self.cin);
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &ConvPlain { g, cout: cin })?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(
+                x.contiguous()?
+                    .apply_op2_no_bwd(&grad, &ConvGradWeight { g, cout: cin })?,
+            )
+        } else {
+            None
+        };
+        let db = if bias.track_op() {
+            Some(grad.apply_op1_no_bwd(&ChannelSums)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 
-impl CustomOp1 for Col2Im {
+/// The convolution `g` without bias or activation, `(x, w)` → `(b, cout, oh, ow)`: the input
+/// gradient of [`ConvTransposeOp`].
+struct ConvPlain {
+    g: Geometry,
+    cout: usize,
+}
+
+impl candle_core::CustomOp2 for ConvPlain {
     fn name(&self) -> &'static str {
-        "raincheck-col2im"
+        "raincheck-conv2d-plain"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let cols = contiguous_f32(storage, layout, "col2im")?;
-        let (n, kk, plane) = (g.cols(), g.k * g.k, g.h * g.w);
-        let mut out = vec![0f32; g.b * g.c * plane];
-        // One (image, channel) plane per task: each sums its k·k rows of the columns.
-        out.par_chunks_mut(plane).enumerate().for_each(|(bc, dst)| {
-            let (bi, c) = (bc / g.c, bc % g.c);
-            for ki in 0..g.k {
-                for kj in 0..g.k {
-                    let xs = g.valid_x(kj);
-                    let row = &cols[(c * kk + ki * g.k + kj) * n..][..n];
-                    for oy in 0..g.oh {
-                        let iy = (oy * g.stride + ki) as isize - g.pad as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let drow = &mut dst[iy as usize * g.w..][..g.w];
-                        let srow = &row[(bi * g.oh + oy) * g.ow..][..g.ow];
-                        let x0 = xs.start * g.stride + kj - g.pad;
-                        if g.stride == 1 {
-                            for (d, s) in drow[x0..x0 + xs.len()].iter_mut().zip(&srow[xs.clone()])
-                            {
-                                *d += s;
-                            }
-                        } else {
-                            for (j, ox) in xs.clone().enumerate() {
-                                drow[x0 + j * g.stride] += srow[ox];
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.h, g.w))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Im2Col(self.0))?))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "conv_transpose2d backward")?;
+        let w = contiguous_f32(s2, l2, "conv_transpose2d backward")?;
+        let (g, cout) = (self.g, self.cout);
+        let y = conv_forward(g, cout, x, w, &vec![0f32; cout], false);
+        Ok((CpuStorage::F32(y), Shape::from((g.b, cout, g.oh, g.ow))))
     }
 }
 
@@ -794,6 +808,16 @@ impl Conv2d {
 
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// The same convolution on untracked weights (shared storage): no weight gradients.
+    pub fn detached(&self) -> Conv2d {
+        Conv2d {
+            weight: self.weight.detach(),
+            bias: self.bias.as_ref().map(Tensor::detach),
+            stride: self.stride,
+            padding: self.padding,
+        }
     }
 
     /// The convolutions' outputs side by side as one convolution (weights and biases
@@ -873,9 +897,9 @@ impl Module for Conv2d {
 /// A square-kernel transposed 2-D convolution (PyTorch's `nn.ConvTranspose2d`: weight
 /// `(cin, cout, k, k)`, optional bias `(cout)`, output `(h − 1)·s − 2p + k + output_padding`).
 ///
-/// On the CPU it is the adjoint of [`Conv2d`]'s unfolding: `col2im(Wᵀ · x)`, so the forward pass
-/// is one product and a scatter-add, and the gradients (through `col2im`'s adjoint, `im2col`)
-/// are products too. Other devices use candle's `conv_transpose2d`.
+/// On the CPU it is one op each way ([`ConvTransposeOp`]): the input gradient of the
+/// convolution it is the adjoint of (the direct kernels where they apply, else per strip a
+/// product and its fold), bias included. Other devices use candle's `conv_transpose2d`.
 #[derive(Clone, Debug)]
 pub struct ConvTranspose2d {
     weight: Tensor,
@@ -924,30 +948,21 @@ impl Module for ConvTranspose2d {
             candle_core::bail!("conv_transpose2d: padding {p} leaves no output for {h}x{w}");
         }
         let (oh, ow) = (oh - 2 * p, ow - 2 * p);
-        let tracked = xs.track_op() || self.weight.track_op();
-        let y = if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && !tracked {
-            // Nothing to differentiate: the product and fold per strip of input rows (the
-            // input gradient of the convolution whose adjoint this is), so the unfolded output
-            // (k·k times the output's size) never exists whole.
-            let g = Geometry::new((b, cout, oh, ow), k, s, p)?;
-            xs.contiguous()?
-                .apply_op2_no_bwd(&self.weight.contiguous()?, &ConvGradInput { g, cout: cin })?
-        } else if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
-            // The output's unfolding has exactly h x w columns per image.
+        if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+            // The adjoint of the convolution from the output's shape to the input's.
             let g = Geometry::new((b, cout, oh, ow), k, s, p)?;
             debug_assert_eq!((g.oh, g.ow), (h, w));
-            let x = if b == 1 {
-                xs.reshape((cin, h * w))?
-            } else {
-                xs.transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((cin, b * h * w))?
+            let bias = match &self.bias {
+                Some(bias) => bias.contiguous()?,
+                None => Tensor::zeros(cout, candle_core::DType::F32, xs.device())?,
             };
-            let cols = self.weight.reshape((cin, cout * k * k))?.t()?.matmul(&x)?;
-            cols.apply_op1(Col2Im(g))?
-        } else {
-            xs.conv_transpose2d(&self.weight, p, op, s, 1)?
-        };
+            return xs.contiguous()?.apply_op3(
+                &self.weight.contiguous()?,
+                &bias,
+                ConvTransposeOp { g, cin },
+            );
+        }
+        let y = xs.conv_transpose2d(&self.weight, p, op, s, 1)?;
         match &self.bias {
             Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1, 1))?),
             None => Ok(y),
@@ -1043,6 +1058,12 @@ mod tests {
             // Winograd F(2x2, 3x3) forward and input gradient (stride 1, ≥ 16 channels).
             (2, 16, 16, 10, 12, 3, 1, 1),
             (1, 16, 24, 9, 7, 3, 1, 0),
+            // The CycleGAN's 7x7 stem and head (after reflection padding) and PatchGAN layers.
+            (1, 3, 8, 14, 12, 7, 1, 0),
+            (2, 8, 3, 12, 10, 7, 1, 0),
+            (2, 3, 8, 16, 16, 4, 2, 1),
+            (1, 8, 1, 7, 9, 4, 1, 1),
+            (1, 5, 4, 9, 11, 4, 2, 1),
         ] {
             let x = Var::from_tensor(&rand(&[b, cin, h, w], 1)).unwrap();
             let wt = Var::from_tensor(&rand(&[cout, cin, k, k], 2)).unwrap();

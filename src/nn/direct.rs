@@ -1,7 +1,9 @@
-//! 3x3 convolution (stride 1 or 2) computed directly with register-blocked AVX-512 kernels,
-//! for layers with at most 128 channels or small outputs (`unet tiny`'s 16–64 channels, the
-//! CycleGAN's 256-channel residual blocks at training size, 32x32), where Winograd's transforms
-//! and im2col's unfolding cost as much as the products they feed.
+//! Convolution with k x k kernels (2 ≤ k ≤ 7, stride 1 or 2) computed directly with
+//! register-blocked AVX-512 kernels, for layers with at most 128 channels or small outputs
+//! (`unet tiny`'s 16–64 channels; the CycleGAN's 7x7 stem and head, its stride-2 and transposed
+//! layers, its 256-channel residual blocks at training size, 32x32, and the PatchGAN's 4x4
+//! layers), where Winograd's transforms and im2col's unfolding cost as much as the products
+//! they feed.
 //!
 //! The input is copied once into a zero-padded *flat* layout in which every kernel tap is a fixed
 //! offset. Stride 1: per image and channel, rows of `w + pad` values (`pad` zeros, then the image
@@ -10,16 +12,19 @@
 //! the input at that index plus `ki·row + kj`, so a run of consecutive flat outputs is a run of
 //! consecutive inputs for every tap, across row ends (the few outputs that fall on padding
 //! columns are computed and dropped). Stride 2: the padded image split into its four phases
-//! (even/odd rows x even/odd columns), each a plane of `oh + 1` rows of `ow + 1` values; tap
-//! `(ki, kj)` reads phase `(ki mod 2, kj mod 2)` at offset `(ki/2)·row + kj/2`, again a fixed
-//! offset. The forward kernel keeps 8 output channels x 48 flat pixels in 24 vector registers
-//! and, per input channel and tap, loads 3 input vectors and broadcasts 8 weights; the input
-//! gradient is the same kernel (stride 1: on flipped, channel-swapped filters; stride 2: once per
-//! phase of the input, over the taps of that phase); the weight-gradient kernel keeps 4 output
-//! channels x 3 taps of one kernel row and sums over all pixels of an image.
+//! (even/odd rows x even/odd columns), each a plane of `oh + m` rows of `ow + m` values
+//! (`m = (k − 1) / 2`); tap `(ki, kj)` reads phase `(ki mod 2, kj mod 2)` at offset
+//! `(ki/2)·row + kj/2`, again a fixed offset. The forward kernel keeps 8 output channels x 48
+//! flat pixels in 24 vector registers and, per input channel and tap, loads 3 input vectors and
+//! broadcasts 8 weights; the input gradient is the same kernel (stride 1: on flipped,
+//! channel-swapped filters; stride 2: once per phase of the input, over the taps of that phase);
+//! the weight-gradient kernel keeps 4 output channels x 3 taps and sums over all pixels of an
+//! image.
 //!
-//! Other CPUs (no AVX-512F) use the Winograd and im2col paths (`applies` is false there): with
-//! AVX2's 16 registers the forward kernel's 12 accumulators spilled and it lost to Winograd.
+//! CPUs with AVX2 and FMA but no AVX-512F run the same layouts with 256-bit microkernels (each
+//! register block as four sub-blocks of 4 channels x 24 pixels), but only for layers with at
+//! most 4 output channels: elsewhere Winograd and im2col won there (see [`applies`]). Other
+//! CPUs never take this path.
 
 use super::winograd::Dims;
 use super::{grown, with_scratch, OutPtr};
@@ -36,36 +41,87 @@ const BLOCK: usize = LANES * V;
 /// Output channels per weight-gradient register block.
 const GO: usize = 4;
 
-/// Whether the direct kernels compute a layer: 3x3 kernel, stride 1 or 2, padding ≤ 2, on a CPU
-/// with AVX-512F, and either at most 128 channels on both sides or an output of at most 64x64
-/// pixels. Measured against the AVX2 Winograd path (`conv3x3` on this 2-core Zen 4): 2–2.5x
-/// faster at 16–48 channels, 10–20% at 256 channels on 32x32; on a 240x136 plane of 256
-/// channels Winograd's 2.25x fewer multiplications win (forward 84 vs 98 ms) and the weight
-/// gradient's rows no longer fit the caches.
-pub(super) fn applies(k: usize, stride: usize, pad: usize, channels: usize, plane: usize) -> bool {
-    k == 3 && (stride == 1 || stride == 2) && pad <= 2 && (channels <= 128 || plane <= 64 * 64) && {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+/// The vector instruction set the kernels run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// 512-bit FMAs, 32 registers: the kernels as described in the module header.
+    Avx512,
+    /// 256-bit FMAs, 16 registers: each register block computed as four sub-blocks of 4
+    /// output channels x 24 pixels (12 accumulators), the weight gradient with 3 channels.
+    Avx2,
+}
+
+/// The best instruction set of this CPU the kernels have a version for (checked once).
+fn isa() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            if is_x86_feature_detected!("avx512f") {
+                Some(Isa::Avx512)
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                Some(Isa::Avx2)
+            } else {
+                None
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
     }
 }
+
+/// Whether the direct kernels compute (every pass of) the layer `cin → cout`: a k x k kernel
+/// with 2 ≤ k ≤ 7, stride 1 or 2, padding below k (`plane`: the pass's output pixels).
+///
+/// With AVX-512: layers with at most 128 channels on both sides or an output of at most 64x64
+/// pixels. Measured against the AVX2 Winograd path (3x3 on a 2-core Zen 4): 2–2.5x faster at
+/// 16–48 channels, 10–20% at 256 channels on 32x32; on a 240x136 plane of 256 channels
+/// Winograd's 2.25x fewer multiplications win (forward 84 vs 98 ms) and the weight gradient's
+/// rows no longer fit the caches.
+///
+/// With AVX2 only (16 registers, half the width): layers with at most 4 output channels, where
+/// the `gemm` product of the im2col path has too few rows to fill its own register block (the
+/// CycleGAN's 7x7 head, 64 → 3, forward and backward 90 → 21 ms on a 2-core Zen 3; the
+/// PatchGAN's last layer 6.4 → 1.2 ms). Everywhere else Winograd or im2col with `gemm` won
+/// there (e.g. the 4x4 PatchGAN layer 256 → 512: 45 vs 91 ms).
+pub(super) fn applies(
+    k: usize,
+    stride: usize,
+    pad: usize,
+    (cin, cout): (usize, usize),
+    plane: usize,
+) -> bool {
+    let fits = (2..=7).contains(&k) && (stride == 1 || stride == 2) && pad < k;
+    fits && match isa() {
+        Some(Isa::Avx512) => cin.max(cout) <= 128 || plane <= 64 * 64,
+        Some(Isa::Avx2) => cout <= 4,
+        None => false,
+    }
+}
+
+/// Whether this CPU has a version of the kernels (for the tests).
+#[cfg(test)]
+fn available() -> bool {
+    isa().is_some()
+}
+
+/// Kernel size, stride and zero padding of a layer.
+pub(super) type Kernel = (usize, usize, usize);
 
 /// The flat padded layout of one layer's input (see the module header).
 #[derive(Clone, Copy, Debug)]
 struct Flat {
+    k: usize,
     stride: usize,
     pad: usize,
     h: usize,
     w: usize,
     /// Values per flat row of the outputs and of each input plane (stride 1: `w + pad`;
-    /// stride 2: `ow + 1`).
+    /// stride 2: `ow + m`, `m = (k − 1) / 2` the largest tap offset within a phase).
     row: usize,
-    /// Values per phase plane (stride 2: `(oh + 1)·row`; stride 1: the whole channel).
+    /// Values per phase plane (stride 2: `(oh + m)·row`; stride 1: the whole channel).
     phase: usize,
     /// Values per image and channel (stride 2: four phase planes).
     plane: usize,
@@ -74,20 +130,25 @@ struct Flat {
 }
 
 impl Flat {
-    fn new(h: usize, w: usize, stride: usize, pad: usize) -> Self {
-        assert!(pad <= 2 && h + 2 * pad >= 3 && w + 2 * pad >= 3 && (stride == 1 || stride == 2));
+    fn new(h: usize, w: usize, (k, stride, pad): Kernel) -> Self {
+        assert!(
+            pad < k && h + 2 * pad >= k && w + 2 * pad >= k && (stride == 1 || stride == 2),
+            "direct convolution of {h}x{w} with k {k}, stride {stride}, padding {pad}"
+        );
         let (oh, ow) = (
-            (h + 2 * pad - 3) / stride + 1,
-            (w + 2 * pad - 3) / stride + 1,
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
         );
         let (row, phase, plane) = if stride == 1 {
             let row = w + pad;
             (row, (h + 2 * pad) * row, (h + 2 * pad) * row)
         } else {
-            let row = ow + 1;
-            (row, (oh + 1) * row, 4 * (oh + 1) * row)
+            let m = (k - 1) / 2;
+            let row = ow + m;
+            (row, (oh + m) * row, 4 * (oh + m) * row)
         };
         Flat {
+            k,
             stride,
             pad,
             h,
@@ -109,9 +170,11 @@ impl Flat {
         }
     }
 
-    /// Flat offsets of the 9 taps, row-major.
-    fn taps(&self) -> [usize; 9] {
-        std::array::from_fn(|t| self.tap(t / 3, t % 3))
+    /// Flat offsets of the `k·k` taps, row-major.
+    fn taps(&self) -> Vec<usize> {
+        (0..self.k * self.k)
+            .map(|t| self.tap(t / self.k, t % self.k))
+            .collect()
     }
 
     /// Flat outputs of one image: `oh` rows of `row`, rounded up to whole vectors.
@@ -119,11 +182,17 @@ impl Flat {
         (self.oh * self.row).next_multiple_of(LANES)
     }
 
+    /// Zeros after the last plane of a flat buffer: room for the last register block's
+    /// overhang past the taps' reach.
+    fn tail(&self) -> usize {
+        2 * BLOCK + self.k * self.row + LANES
+    }
+
     /// `x` `(b, c, h, w)` in the flat layout `(b, c, plane)`, followed by zeros that the last
     /// plane's overhanging reads (padding columns, the last register block) land on. (A fresh
     /// buffer: a per-thread reused one made a `unet tiny` frame 5% slower.)
     fn padded(&self, x: &[f32], planes: usize) -> Vec<f32> {
-        let mut out = vec![0f32; planes * self.plane + tail(self.row)];
+        let mut out = vec![0f32; planes * self.plane + self.tail()];
         let (h, w, pad, row) = (self.h, self.w, self.pad, self.row);
         // (An empty image leaves every plane zero.)
         let planes = out
@@ -157,12 +226,6 @@ impl Flat {
         }
         out
     }
-}
-
-/// Zeros after the last plane of a flat buffer with rows of `row` values: room for the last
-/// register block's overhang past the taps' reach.
-fn tail(row: usize) -> usize {
-    BLOCK + 3 * row + 16
 }
 
 /// Weights in register-block order: per block of [`CO`] output channels, per input channel and
@@ -202,6 +265,8 @@ fn convolve(
     (images, rows, row): (usize, usize, usize),
     emit: impl Fn(usize, usize, usize, &[f32]) + Sync,
 ) {
+    let isa = isa();
+    assert!(isa.is_some(), "direct convolution on a CPU without AVX2 or AVX-512F");
     let blocks = cout.div_ceil(CO);
     let reach = taps.iter().copied().max().unwrap_or(0);
     let wlen = cin * taps.len() * CO;
@@ -230,15 +295,13 @@ fn convolve(
                 // checked above).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    avx512::forward_block(
-                        src.as_ptr().add(p),
-                        plane,
-                        cin,
-                        taps,
-                        wb.as_ptr(),
-                        out.as_mut_ptr(),
-                        n,
-                    );
+                    let (x, w, o) = (src.as_ptr().add(p), wb.as_ptr(), out.as_mut_ptr());
+                    if isa == Some(Isa::Avx512) {
+                        avx512::forward_block(x, plane, cin, taps, w, o, n);
+                    } else {
+                        let live = CO.min(cout - ob * CO);
+                        avx2::forward_block(x, plane, cin, taps, w, o, n, live);
+                    }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("direct::applies is false off x86_64 ({src:p} {wb:p} {out:p})");
@@ -255,24 +318,21 @@ fn convolve(
         .for_each(|task| with_scratch(|buf: &mut Vec<f32>| run(buf, task)));
 }
 
-/// `act(corr(x, weight) + bias)` with zero padding `pad` (≤ 2) and stride 1 or 2: `x` is
-/// `(b, cin, h, w)`, `weight` `(cout, cin, 3, 3)`, the result `(b, cout, oh, ow)` with
-/// `oh = (h + 2·pad − 3) / stride + 1` (and `ow` likewise).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn conv3x3(
+/// `act(corr(x, weight) + bias)` with a k x k kernel, zero padding `pad` (< k) and stride 1 or
+/// 2: `x` is `(b, cin, h, w)`, `weight` `(cout, cin, k, k)`, the result `(b, cout, oh, ow)` with
+/// `oh = (h + 2·pad − k) / stride + 1` (and `ow` likewise).
+pub(super) fn conv(
     x: &[f32],
     (b, cin, h, w): Dims,
     weight: &[f32],
-    cout: usize,
-    bias: Option<&[f32]>,
-    stride: usize,
-    pad: usize,
+    (cout, bias): (usize, Option<&[f32]>),
+    kernel: Kernel,
     relu: bool,
 ) -> Vec<f32> {
-    let f = Flat::new(h, w, stride, pad);
-    let (oh, ow) = (f.oh, f.ow);
+    let f = Flat::new(h, w, kernel);
+    let (oh, ow, kk) = (f.oh, f.ow, f.k * f.k);
     let xp = f.padded(x, b * cin);
-    let wp = pack(cout, cin, 9, |co, c, t| weight[(co * cin + c) * 9 + t]);
+    let wp = pack(cout, cin, kk, |co, c, t| weight[(co * cin + c) * kk + t]);
     let mut out = vec![0f32; b * cout * oh * ow];
     let dst = OutPtr(out.as_mut_ptr());
     convolve(
@@ -303,46 +363,47 @@ pub(super) fn conv3x3(
     out
 }
 
-/// The input gradient of a stride-2 [`conv3x3`]: `dx` `(b, cin, h, w)` from the output gradient
-/// `dy` `(b, cout, oh, ow)`. Per phase `(a, b)` of the input, a stride-1 convolution of `dy`
-/// (a zero row above and below, a zero column before each row that is also the previous row's
-/// trailing zero) over the taps `(ki, kj)` with `ki mod 2 = a`,
-/// `kj mod 2 = b`: `dP[i][j] = Σ W[ki][kj] · dy[i − ki/2][j − kj/2]`; the phases are then
-/// interleaved back into `dx` (every pixel belongs to exactly one phase).
-pub(super) fn grad_input3x3_s2(
+/// The input gradient of a stride-2 [`conv`]: `dx` `(b, cin, h, w)` from the output gradient
+/// `dy` `(b, cout, oh, ow)` and `weight` `(cout, cin, k, k)`. Per phase `(a, b)` of the input, a
+/// stride-1 convolution of `dy` (`m = (k − 1) / 2` zero rows above and below, `m` zero columns
+/// before each row that are also the previous row's trailing zeros) over the taps `(ki, kj)`
+/// with `ki mod 2 = a`, `kj mod 2 = b`: `dP[i][j] = Σ W[ki][kj] · dy[i − ki/2][j − kj/2]`; the
+/// phases are then interleaved back into `dx` (every pixel belongs to exactly one phase; pixels
+/// that no output reads keep a zero gradient).
+pub(super) fn grad_input_s2(
     dy: &[f32],
     (b, cin, h, w): Dims,
     weight: &[f32],
     cout: usize,
-    pad: usize,
+    (k, pad): (usize, usize),
 ) -> Vec<f32> {
-    let f = Flat::new(h, w, 2, pad);
-    let (oh, ow, row) = (f.oh, f.ow, f.row);
-    // dy per image and channel: a zero row, then oh rows of [0, dy row], then a zero row.
-    let plane = (oh + 2) * row;
-    let mut dyp = vec![0f32; b * cout * plane + tail(row)];
+    let f = Flat::new(h, w, (k, 2, pad));
+    let (oh, ow, row, m, kk) = (f.oh, f.ow, f.row, (k - 1) / 2, k * k);
+    // dy per image and channel: m zero rows, then oh rows of [0; m] + dy row, then m zero rows.
+    let plane = (oh + 2 * m) * row;
+    let mut dyp = vec![0f32; b * cout * plane + f.tail()];
     dyp.par_chunks_mut(plane)
         .zip(dy.par_chunks(oh * ow))
         .for_each(|(dst, src)| {
-            let body = &mut dst[row..][..oh * row];
+            let body = &mut dst[m * row..][..oh * row];
             for (dst, src) in body.chunks_exact_mut(row).zip(src.chunks_exact(ow)) {
-                dst[1..].copy_from_slice(src);
+                dst[m..].copy_from_slice(src);
             }
         });
     let mut dx = vec![0f32; b * cin * h * w];
     let dst = OutPtr(dx.as_mut_ptr());
     for (a, bb) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-        let taps: Vec<(usize, usize)> = (0..9)
-            .map(|t| (t / 3, t % 3))
+        let taps: Vec<(usize, usize)> = (0..kk)
+            .map(|t| (t / k, t % k))
             .filter(|&(ki, kj)| ki % 2 == a && kj % 2 == bb)
             .collect();
         let offsets: Vec<usize> = taps
             .iter()
-            .map(|&(ki, kj)| (1 - ki / 2) * row + 1 - kj / 2)
+            .map(|&(ki, kj)| (m - ki / 2) * row + m - kj / 2)
             .collect();
         let wp = pack(cin, cout, taps.len(), |ci, co, t| {
             let (ki, kj) = taps[t];
-            weight[(co * cin + ci) * 9 + ki * 3 + kj]
+            weight[(co * cin + ci) * kk + ki * k + kj]
         });
         convolve(
             &dyp,
@@ -350,7 +411,7 @@ pub(super) fn grad_input3x3_s2(
             &offsets,
             &wp,
             cin,
-            (b, oh + 1, row),
+            (b, oh + m, row),
             |img, ci, i, flat| {
                 let Some(y) = (2 * i + a).checked_sub(pad).filter(|&y| y < h) else {
                     return;
@@ -372,20 +433,23 @@ pub(super) fn grad_input3x3_s2(
     dx
 }
 
-/// The weight gradient of [`conv3x3`] (stride 1 or 2): `dW` `(cout, cin, 3, 3)` from the input
-/// `x` and the output gradient `dy` `(b, cout, oh, ow)`. Each task sums one image's pixels for
-/// [`GO`] output channels (all input channels and taps); the images' partial gradients are then
-/// added in image order, so the result does not depend on the thread count.
-pub(super) fn grad_weight3x3(
+/// The weight gradient of [`conv`] (stride 1 or 2): `dW` `(cout, cin, k, k)` from the input `x`
+/// and the output gradient `dy` `(b, cout, oh, ow)`. Each task sums one image's pixels for
+/// [`GO`] output channels and a run of input channels (all taps, three at a time); the images'
+/// partial gradients are then added in image order, so the result does not depend on the
+/// thread count.
+pub(super) fn grad_weight(
     x: &[f32],
     (b, cin, h, w): Dims,
     dy: &[f32],
     cout: usize,
-    stride: usize,
-    pad: usize,
+    kernel: Kernel,
 ) -> Vec<f32> {
-    let f = Flat::new(h, w, stride, pad);
-    let (oh, ow) = (f.oh, f.ow);
+    let Some(isa) = isa() else {
+        panic!("direct weight gradient on a CPU without AVX2 or AVX-512F");
+    };
+    let f = Flat::new(h, w, kernel);
+    let (oh, ow, kk) = (f.oh, f.ow, f.k * f.k);
     let xp = f.padded(x, b * cin);
     // dy in the flat layout of the outputs, zeros on the padding columns and past the last row.
     let n = f.outputs();
@@ -397,39 +461,55 @@ pub(super) fn grad_weight3x3(
                 dst[..ow].copy_from_slice(src);
             }
         });
+    // The taps three at a time (the last group padded with repeats of its last tap).
+    let taps = f.taps();
+    let triples: Vec<[usize; 3]> = taps
+        .chunks(3)
+        .map(|t| std::array::from_fn(|q| t[q.min(t.len() - 1)]))
+        .collect();
     let groups = cout.div_ceil(GO);
-    let wlen = cout * cin * 9;
+    // Input channels split so that there are about four tasks per thread.
+    let want = 4 * rayon::current_num_threads();
+    let per = cin.div_ceil(want.div_ceil(b * groups).clamp(1, cin.max(1))).max(1);
+    let runs = cin.div_ceil(per);
+    let wlen = cout * cin * kk;
     let mut partial = vec![0f32; b * wlen];
     let dst = OutPtr(partial.as_mut_ptr());
-    (0..b * groups).into_par_iter().for_each(|task| {
-        let (img, og) = (task / groups, task % groups);
+    (0..b * groups * runs).into_par_iter().for_each(|task| {
+        let (img, og, run) = (task / (groups * runs), task / runs % groups, task % runs);
         let co0 = og * GO;
         let go = GO.min(cout - co0);
         let d = &dyp[(img * cout + co0) * n..][..go * n];
-        let d_ = dst;
-        // SAFETY: this task alone writes output channels co0.. of image `img`'s partial.
-        let acc = unsafe {
-            std::slice::from_raw_parts_mut(d_.0.add(img * wlen + co0 * cin * 9), go * cin * 9)
-        };
-        for c in 0..cin {
+        for c in run * per..((run + 1) * per).min(cin) {
             let src = &xp[(img * cin + c) * f.plane..];
-            for ki in 0..3 {
-                let offs = [f.tap(ki, 0), f.tap(ki, 1), f.tap(ki, 2)];
+            for (gi, offs) in triples.iter().enumerate() {
                 assert!(src.len() >= n + offs.iter().max().copied().unwrap_or(0));
                 let mut sums = [[0f32; 3]; GO];
                 // SAFETY: `d` holds go rows of n values; `src` n past every offset (checked).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     let (dp, xp) = (d.as_ptr(), src.as_ptr());
-                    match go {
-                        4 => avx512::grad_weight_row::<4>(dp, n, xp, offs, &mut sums),
-                        3 => avx512::grad_weight_row::<3>(dp, n, xp, offs, &mut sums),
-                        2 => avx512::grad_weight_row::<2>(dp, n, xp, offs, &mut sums),
-                        _ => avx512::grad_weight_row::<1>(dp, n, xp, offs, &mut sums),
+                    match (isa, go) {
+                        (Isa::Avx512, 4) => avx512::grad_weight_row::<4>(dp, n, xp, *offs, &mut sums),
+                        (Isa::Avx512, 3) => avx512::grad_weight_row::<3>(dp, n, xp, *offs, &mut sums),
+                        (Isa::Avx512, 2) => avx512::grad_weight_row::<2>(dp, n, xp, *offs, &mut sums),
+                        (Isa::Avx512, _) => avx512::grad_weight_row::<1>(dp, n, xp, *offs, &mut sums),
+                        (Isa::Avx2, _) => avx2::grad_weight_rows(dp, go, n, xp, *offs, &mut sums),
                     }
                 }
+                let t0 = gi * 3;
+                let nt = 3.min(kk - t0);
                 for (j, s) in sums.iter().take(go).enumerate() {
-                    acc[(j * cin + c) * 9 + ki * 3..][..3].copy_from_slice(s);
+                    let d_ = dst;
+                    // SAFETY: taps t0.. of (co0 + j, c) in image img's partial: written by
+                    // this task alone (tasks split images, output channels and input channels).
+                    let acc = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            d_.0.add(img * wlen + ((co0 + j) * cin + c) * kk + t0),
+                            nt,
+                        )
+                    };
+                    acc.copy_from_slice(&s[..nt]);
                 }
             }
         }
@@ -527,6 +607,113 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BLOCK, CO, GO};
+    use std::arch::x86_64::*;
+
+    /// f32 lanes of a 256-bit register.
+    const L: usize = 8;
+
+    /// [`super::avx512::forward_block`]'s contract with 256-bit vectors, for the first `live`
+    /// output channels of the block: per group of 4 channels and half of the [`BLOCK`] pixels,
+    /// 12 accumulators, and per input channel and tap 3 loads and 4 broadcasts.
+    ///
+    /// # Safety
+    /// As [`super::avx512::forward_block`], on a CPU with AVX2 and FMA.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward_block(
+        x: *const f32,
+        plane: usize,
+        cin: usize,
+        taps: &[usize],
+        w: *const f32,
+        out: *mut f32,
+        stride: usize,
+        live: usize,
+    ) {
+        unsafe {
+            let nt = taps.len();
+            for g in 0..live.div_ceil(4) {
+                for half in 0..2 {
+                    let px = half * (BLOCK / 2);
+                    let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+                    for c in 0..cin {
+                        let xc = x.add(c * plane + px);
+                        let wc = w.add(c * nt * CO + 4 * g);
+                        for (t, &off) in taps.iter().enumerate() {
+                            let xt = xc.add(off);
+                            let xv: [__m256; 3] =
+                                std::array::from_fn(|v| _mm256_loadu_ps(xt.add(L * v)));
+                            for (j, acc) in acc.iter_mut().enumerate() {
+                                let wv = _mm256_broadcast_ss(&*wc.add(t * CO + j));
+                                for v in 0..3 {
+                                    acc[v] = _mm256_fmadd_ps(wv, xv[v], acc[v]);
+                                }
+                            }
+                        }
+                    }
+                    for (j, acc) in acc.iter().enumerate() {
+                        for (v, a) in acc.iter().enumerate() {
+                            _mm256_storeu_ps(out.add((4 * g + j) * stride + px + L * v), *a);
+                        }
+                    }
+                }
+            }
+            debug_assert_eq!(BLOCK, 6 * L);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+        }
+    }
+
+    /// [`super::avx512::grad_weight_row`]'s contract for `go` (≤ [`GO`]) output channels, 3
+    /// of them at a time (9 accumulators).
+    ///
+    /// # Safety
+    /// As [`super::avx512::grad_weight_row`], on a CPU with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn grad_weight_rows(
+        dy: *const f32,
+        go: usize,
+        n: usize,
+        x: *const f32,
+        offs: [usize; 3],
+        sums: &mut [[f32; 3]; GO],
+    ) {
+        unsafe {
+            let mut j0 = 0;
+            while j0 < go {
+                let g = 3.min(go - j0);
+                let mut acc = [[_mm256_setzero_ps(); 3]; 3];
+                for i in (0..n).step_by(L) {
+                    let xv: [__m256; 3] =
+                        std::array::from_fn(|k| _mm256_loadu_ps(x.add(i + offs[k])));
+                    for (j, acc) in acc.iter_mut().enumerate().take(g) {
+                        let d = _mm256_loadu_ps(dy.add((j0 + j) * n + i));
+                        for k in 0..3 {
+                            acc[k] = _mm256_fmadd_ps(d, xv[k], acc[k]);
+                        }
+                    }
+                }
+                for (j, acc) in acc.iter().enumerate().take(g) {
+                    for (k, a) in acc.iter().enumerate() {
+                        sums[j0 + j][k] = hsum(*a);
+                    }
+                }
+                j0 += g;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,25 +733,25 @@ mod tests {
         (x, wt, probe): (&[f32], &[f32], &[f32]),
         (b, cin, h, w): Dims,
         cout: usize,
-        (stride, pad): (usize, usize),
+        (k, stride, pad): Kernel,
     ) -> (Vec<f32>, Vec<f32>) {
         let (oh, ow) = (
-            (h + 2 * pad - 3) / stride + 1,
-            (w + 2 * pad - 3) / stride + 1,
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
         );
         let mut dx = vec![0f64; x.len()];
         let mut dw = vec![0f64; wt.len()];
         for (bi, co, oy, ox) in each_index((b, cout, oh, ow)) {
             let g = probe[((bi * cout + co) * oh + oy) * ow + ox] as f64;
             for ci in 0..cin {
-                for (ki, kj) in (0..9).map(|t| (t / 3, t % 3)) {
+                for (ki, kj) in (0..k * k).map(|t| (t / k, t % k)) {
                     let y = (oy * stride + ki).checked_sub(pad).filter(|&y| y < h);
                     let xx = (ox * stride + kj).checked_sub(pad).filter(|&x| x < w);
                     let (Some(y), Some(xx)) = (y, xx) else {
                         continue;
                     };
                     let xi = ((bi * cin + ci) * h + y) * w + xx;
-                    let wi = (co * cin + ci) * 9 + ki * 3 + kj;
+                    let wi = ((co * cin + ci) * k + ki) * k + kj;
                     dx[xi] += g * wt[wi] as f64;
                     dw[wi] += g * x[xi] as f64;
                 }
@@ -574,52 +761,63 @@ mod tests {
         (f32s(dx), f32s(dw))
     }
 
-    /// (batch, cin, cout, h, w, stride, pad): odd and even sizes, paddings 0–2, channel counts
-    /// that fill no register block, several images and tasks, both strides.
-    const CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
-        (1, 16, 16, 8, 8, 1, 1),
-        (2, 17, 19, 7, 9, 1, 1),
-        (1, 3, 5, 5, 6, 1, 0),
-        (3, 20, 16, 3, 4, 1, 2),
-        (1, 48, 16, 40, 61, 1, 1),
-        (2, 16, 48, 33, 31, 1, 1),
-        (1, 1, 1, 1, 1, 1, 1),
-        (8, 32, 64, 16, 16, 1, 1),
-        (2, 16, 32, 32, 32, 2, 1),
-        (1, 5, 9, 9, 12, 2, 1),
-        (3, 7, 3, 8, 7, 2, 0),
-        (1, 4, 20, 5, 6, 2, 2),
-        (1, 2, 3, 1, 2, 2, 1),
+    /// (batch, cin, cout, h, w, (k, stride, pad)): odd and even sizes, paddings 0 to k − 1,
+    /// channel counts that fill no register block, several images and tasks, both strides, the
+    /// CycleGAN's 7x7 and 4x4 kernels and the smallest one.
+    const CASES: &[(usize, usize, usize, usize, usize, Kernel)] = &[
+        (1, 16, 16, 8, 8, (3, 1, 1)),
+        (2, 17, 19, 7, 9, (3, 1, 1)),
+        (1, 3, 5, 5, 6, (3, 1, 0)),
+        (3, 20, 16, 3, 4, (3, 1, 2)),
+        (1, 48, 16, 40, 61, (3, 1, 1)),
+        (2, 16, 48, 33, 31, (3, 1, 1)),
+        (1, 1, 1, 1, 1, (3, 1, 1)),
+        (8, 32, 64, 16, 16, (3, 1, 1)),
+        (2, 16, 32, 32, 32, (3, 2, 1)),
+        (1, 5, 9, 9, 12, (3, 2, 1)),
+        (3, 7, 3, 8, 7, (3, 2, 0)),
+        (1, 4, 20, 5, 6, (3, 2, 2)),
+        (1, 2, 3, 1, 2, (3, 2, 1)),
+        (1, 3, 10, 14, 13, (7, 1, 0)),
+        (2, 9, 3, 9, 8, (7, 1, 6)),
+        (1, 5, 6, 11, 10, (7, 2, 3)),
+        (1, 3, 9, 16, 16, (4, 2, 1)),
+        (2, 6, 5, 11, 9, (4, 2, 1)),
+        (1, 12, 1, 6, 7, (4, 1, 1)),
+        (1, 4, 4, 7, 6, (4, 1, 3)),
+        (2, 3, 5, 6, 7, (2, 2, 0)),
+        (1, 3, 2, 5, 4, (5, 2, 4)),
     ];
 
-    /// Forward (against candle's convolution, with bias, with and without ReLU; paddings 0–2
-    /// also cover stride 1's input gradient, which is this forward kernel on flipped filters
-    /// padded by 2 − pad), input gradient (stride 2) and weight gradient (against the sums term
-    /// by term), for every case above.
+    /// Forward (against candle's convolution, with bias, with and without ReLU; paddings 0 to
+    /// k − 1 also cover stride 1's input gradient, which is this forward kernel on flipped
+    /// filters padded by k − 1 − pad), input gradient (stride 2) and weight gradient (against
+    /// the sums term by term), for every case above.
     #[test]
     fn matches_candle_convolution_and_gradients() {
-        if !applies(3, 1, 1, 1, 1) {
-            eprintln!("skipped: this CPU has no AVX-512F, the direct kernels never run here");
+        if !available() {
+            eprintln!("skipped: this CPU has neither AVX2 nor AVX-512F");
             return;
         }
         let dev = Device::Cpu;
-        for (i, &(b, cin, cout, h, w, stride, pad)) in CASES.iter().enumerate() {
-            let case = format!("b{b} {cin}->{cout} {h}x{w} s{stride} p{pad}");
+        for (i, &(b, cin, cout, h, w, kernel)) in CASES.iter().enumerate() {
+            let (k, stride, pad) = kernel;
+            let case = format!("b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}");
             let relu = i % 2 == 1;
             let (oh, ow) = (
-                (h + 2 * pad - 3) / stride + 1,
-                (w + 2 * pad - 3) / stride + 1,
+                (h + 2 * pad - k) / stride + 1,
+                (w + 2 * pad - k) / stride + 1,
             );
             let (x, wt, bias) = (
                 rand(b * cin * h * w, 1),
-                rand(cout * cin * 9, 2),
+                rand(cout * cin * k * k, 2),
                 rand(cout, 3),
             );
             let probe = rand(b * cout * oh * ow, 6);
             let dims = (b, cin, h, w);
-            let ours = conv3x3(&x, dims, &wt, cout, Some(&bias), stride, pad, relu);
+            let ours = conv(&x, dims, &wt, (cout, Some(&bias)), kernel, relu);
             let xt = Tensor::from_vec(x.clone(), dims, &dev).unwrap();
-            let wtt = Tensor::from_vec(wt.clone(), (cout, cin, 3, 3), &dev).unwrap();
+            let wtt = Tensor::from_vec(wt.clone(), (cout, cin, k, k), &dev).unwrap();
             let bt = Tensor::from_vec(bias, (1, cout, 1, 1), &dev).unwrap();
             let mut r = xt
                 .conv2d(&wtt, pad, stride, 1, 1)
@@ -633,12 +831,12 @@ mod tests {
             let r: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
             let (d, scale) = max_err(&ours, &r);
             assert!(d <= 1e-5 * scale.max(1.0), "forward {case}: {d}");
-            let (rdx, rdw) = gradients((&x, &wt, &probe), dims, cout, (stride, pad));
-            let dw = grad_weight3x3(&x, dims, &probe, cout, stride, pad);
+            let (rdx, rdw) = gradients((&x, &wt, &probe), dims, cout, kernel);
+            let dw = grad_weight(&x, dims, &probe, cout, kernel);
             let (d, scale) = max_err(&dw, &rdw);
             assert!(d <= 1e-5 * scale.max(1.0), "weight gradient {case}: {d}");
             if stride == 2 {
-                let dx = grad_input3x3_s2(&probe, dims, &wt, cout, pad);
+                let dx = grad_input_s2(&probe, dims, &wt, cout, (k, pad));
                 let (d, scale) = max_err(&dx, &rdx);
                 assert!(d <= 1e-5 * scale.max(1.0), "input gradient {case}: {d}");
             }

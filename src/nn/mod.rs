@@ -290,13 +290,40 @@ fn reflection_pad2d_composite(xs: &Tensor, pad: usize) -> Result<Tensor> {
 /// Instance normalisation: each `(b, c)` plane to zero mean and unit (population) variance,
 /// `(x − μ) / sqrt(σ² + eps)`, with no learned scale or shift.
 pub fn instance_norm(xs: &Tensor, eps: f64) -> Result<Tensor> {
+    instance_norm_leaky_relu(xs, eps, 1.0)
+}
+
+/// [`instance_norm`] followed by a leaky ReLU with `slope` (0: a ReLU; 1: none), as one op
+/// each way on the CPU.
+pub fn instance_norm_leaky_relu(xs: &Tensor, eps: f64, slope: f32) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
     if xs.device().is_cpu() && xs.dtype() == DType::F32 {
-        return xs
-            .contiguous()?
-            .apply_op1(norm::InstanceNorm { plane: h * w, eps });
+        return xs.contiguous()?.apply_op1(norm::InstanceNorm {
+            plane: h * w,
+            eps,
+            slope,
+        });
     }
-    instance_norm_composite(xs, eps)
+    leaky_relu_composite(&instance_norm_composite(xs, eps)?, slope)
+}
+
+/// `x` where positive, `slope·x` elsewhere (PyTorch's `LeakyReLU`; slope 0 is a ReLU).
+pub fn leaky_relu(xs: &Tensor, slope: f32) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1(norm::LeakyRelu { slope });
+    }
+    leaky_relu_composite(xs, slope)
+}
+
+/// [`leaky_relu`] from candle ops (other devices; the reference for the CPU kernel's tests).
+fn leaky_relu_composite(xs: &Tensor, slope: f32) -> Result<Tensor> {
+    if slope == 1.0 {
+        return Ok(xs.clone());
+    }
+    let mask = xs.gt(0f64)?.to_dtype(xs.dtype())?;
+    // mask·x + (1 − mask)·slope·x
+    let neg = ((1.0 - &mask)? * slope as f64)?;
+    (mask + neg)? * xs
 }
 
 /// [`instance_norm`] from candle ops (other devices; the reference for the CPU kernel's tests).
@@ -777,6 +804,38 @@ mod tests {
         );
         assert!(fwd < 1e-5, "forward {fwd}");
         assert!(bwd < 1e-4, "backward {bwd}");
+    }
+
+    /// The fused norm + (leaky) ReLU and the stand-alone leaky ReLU equal their composites
+    /// (candle's `relu` for slope 0), forward and backward.
+    #[test]
+    fn fused_activations_match_the_composites() {
+        let x = Tensor::randn(0.3f32, 1.5, (2, 3, 6, 5), &Device::Cpu).unwrap();
+        for slope in [0.0f32, 0.2, 1.0] {
+            let (fwd, bwd) = kernel_vs_composite(
+                &x,
+                |x| instance_norm_leaky_relu(x, 1e-5, slope).unwrap(),
+                |x| {
+                    let y = instance_norm_composite(x, 1e-5).unwrap();
+                    if slope == 0.0 {
+                        y.relu().unwrap()
+                    } else {
+                        leaky_relu_composite(&y, slope).unwrap()
+                    }
+                },
+            );
+            assert!(fwd < 1e-5, "norm, slope {slope}: forward {fwd}");
+            assert!(bwd < 1e-4, "norm, slope {slope}: backward {bwd}");
+            if slope == 1.0 {
+                continue;
+            }
+            let (fwd, bwd) = kernel_vs_composite(
+                &x,
+                |x| leaky_relu(x, slope).unwrap(),
+                |x| x.maximum(&(x * slope as f64).unwrap()).unwrap(),
+            );
+            assert_eq!((fwd, bwd), (0.0, 0.0), "leaky relu, slope {slope}");
+        }
     }
 
     /// The CPU reflection-padding kernel and its backward equal the `index_select` composite.

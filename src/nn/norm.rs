@@ -1,10 +1,11 @@
-//! Instance normalisation as one CPU kernel per direction: the composite of candle ops makes
-//! seven passes over the tensor forward (and more backward); these make two forward and two
-//! backward, one (image, channel) plane per task.
+//! Instance normalisation, with the (leaky) ReLU that follows it in the CycleGAN, as one CPU
+//! kernel per direction: the composite of candle ops makes seven passes over the tensor forward
+//! (and more backward, plus the activation's own node); these make two forward and two
+//! backward, one (image, channel) plane per task. Also the stand-alone leaky ReLU.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{contiguous_f32, map_rows, map_rows2};
+use super::{contiguous_f32, map_groups, map_rows, map_rows2};
 
 /// Mean and 1/sqrt(variance + eps) of a plane (population variance, f64 sums).
 fn plane_stats(x: &[f32], eps: f64) -> (f32, f32) {
@@ -14,10 +15,31 @@ fn plane_stats(x: &[f32], eps: f64) -> (f32, f32) {
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-/// `(x − μ) / sqrt(σ² + eps)` per plane of `plane` values.
+/// `act((x − μ) / sqrt(σ² + eps))` per plane of `plane` values, `act(v) = v` for `v > 0` and
+/// `slope·v` otherwise: `slope` 1 is the plain norm, 0 a ReLU after it.
 pub(super) struct InstanceNorm {
     pub plane: usize,
     pub eps: f64,
+    pub slope: f32,
+}
+
+/// The activation's value and its derivative's factor on a gradient.
+#[inline(always)]
+fn leaky(v: f32, slope: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        v * slope
+    }
+}
+
+#[inline(always)]
+fn leaky_grad(v: f32, g: f32, slope: f32) -> f32 {
+    if v > 0.0 {
+        g
+    } else {
+        g * slope
+    }
 }
 
 impl CustomOp1 for InstanceNorm {
@@ -29,8 +51,15 @@ impl CustomOp1 for InstanceNorm {
         let x = contiguous_f32(storage, layout, "instance norm")?;
         let out = map_rows(x, self.plane, |o, x| {
             let (mean, inv) = plane_stats(x, self.eps);
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - mean) * inv;
+            let slope = self.slope;
+            if slope == 1.0 {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - mean) * inv;
+                }
+            } else {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = leaky((v - mean) * inv, slope);
+                }
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -42,17 +71,19 @@ impl CustomOp1 for InstanceNorm {
             &InstanceNormGrad {
                 plane: self.plane,
                 eps: self.eps,
+                slope: self.slope,
             },
         )?;
         Ok(Some(dx))
     }
 }
 
-/// The input gradient of [`InstanceNorm`] from `(x, dy)`: per plane,
-/// `dx = (dy − mean(dy) − x̂·mean(dy·x̂)) / sqrt(σ² + eps)`.
+/// The input gradient of [`InstanceNorm`] from `(x, dy)`: per plane, with `d = dy·act'(x̂)`,
+/// `dx = (d − mean(d) − x̂·mean(d·x̂)) / sqrt(σ² + eps)`.
 struct InstanceNormGrad {
     plane: usize,
     eps: f64,
+    slope: f32,
 }
 
 impl CustomOp2 for InstanceNormGrad {
@@ -72,16 +103,48 @@ impl CustomOp2 for InstanceNormGrad {
         let out = map_rows2(x, g, self.plane, |o, x, g| {
             let (mean, inv) = plane_stats(x, self.eps);
             let n = x.len() as f64;
+            let slope = self.slope;
             let (mut sg, mut sgx) = (0f64, 0f64);
             for (&v, &d) in x.iter().zip(g) {
+                let xh = (v - mean) * inv;
+                let d = leaky_grad(xh, d, slope);
                 sg += d as f64;
-                sgx += d as f64 * ((v - mean) * inv) as f64;
+                sgx += d as f64 * xh as f64;
             }
             let (mg, mgx) = ((sg / n) as f32, (sgx / n) as f32);
             for ((o, &v), &d) in o.iter_mut().zip(x).zip(g) {
-                *o = (d - mg - (v - mean) * inv * mgx) * inv;
+                let xh = (v - mean) * inv;
+                *o = (leaky_grad(xh, d, slope) - mg - xh * mgx) * inv;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `x` for `x > 0`, `slope·x` otherwise (PyTorch's `LeakyReLU`), with its gradient from `x`.
+pub(super) struct LeakyRelu {
+    pub slope: f32,
+}
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "raincheck-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "leaky relu")?;
+        let slope = self.slope;
+        let out = map_groups(x, 1, |o, x| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = leaky(v, slope);
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let slope = self.slope;
+        let dx = super::zip2(arg, grad, "leaky relu grad", move |v, g| leaky_grad(v, g, slope))?;
+        Ok(Some(dx))
     }
 }
