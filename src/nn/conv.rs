@@ -2,8 +2,8 @@
 //!
 //! candle 0.11's CPU `conv2d` computes the input gradient with `conv_transpose2d`, a direct loop
 //! about 4.5x slower than the forward pass. Here each pass picks the fastest kernel that fits the
-//! layer: the direct AVX-512 kernels for k x k layers (2 ≤ k ≤ 7) of stride 1 or 2
-//! (`direct.rs`), Winograd's F(2x2, 3x3) for other 3x3 stride-1 layers with ≥ 16 channels
+//! layer: the direct kernels for k x k layers (2 ≤ k ≤ 7) of stride 1 or 2 (`direct.rs`:
+//! AVX-512, or AVX2 for layers with at most 4 output channels), Winograd's F(2x2, 3x3) for other 3x3 stride-1 layers with ≥ 16 channels
 //! (`winograd.rs`), and otherwise `W · im2col(x)`: the forward pass and both gradients
 //! (`dW = dY · colsᵀ`, `dcols = Wᵀ · dY`) as `gemm` products per strip of output rows, with the
 //! unfolding (`im2col`) and its adjoint (`col2im`, a scatter-add) written here with rayon. The
@@ -444,9 +444,8 @@ fn grad_input(g: Geometry, cout: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
         for c in 0..g.c {
             // SAFETY: the strip folds into input rows no other task of this phase touches
             // (see above), of image `bi` only.
-            let plane_dst = unsafe {
-                std::slice::from_raw_parts_mut(d.0.add((bi * g.c + c) * plane), plane)
-            };
+            let plane_dst =
+                unsafe { std::slice::from_raw_parts_mut(d.0.add((bi * g.c + c) * plane), plane) };
             for t in 0..kk {
                 let src = &dcols[(c * kk + t) * n..][..n];
                 fold_tap(&g, src, (t / g.k, t % g.k), oys.clone(), plane_dst);
@@ -686,8 +685,9 @@ pub fn residual_block(xs: &Tensor, conv1: &Conv2d, conv2: &Conv2d) -> Result<Ten
 
 /// A transposed convolution `convᵀ(x; W) + b` on the CPU as the adjoint of the convolution `g`
 /// (`g`'s input has the transposed convolution's output shape, its output the input's): the
-/// forward pass is that convolution's input gradient ([`grad_input`]: the direct kernels, one
-/// per phase, for the CycleGAN's stride-2 upsamplings), the input gradient is the convolution
+/// forward pass is that convolution's input gradient ([`grad_input`]: with AVX-512 the direct
+/// kernels, one per phase, for the CycleGAN's stride-2 upsamplings; else per strip a product and
+/// its fold, or Winograd at stride 1), the input gradient is the convolution
 /// itself, the weight gradient its weight gradient with the roles of input and output swapped
 /// (which yields the `(cin, cout, k, k)` layout of a transposed convolution's weight).
 struct ConvTransposeOp {
@@ -898,8 +898,8 @@ impl Module for Conv2d {
 /// `(cin, cout, k, k)`, optional bias `(cout)`, output `(h − 1)·s − 2p + k + output_padding`).
 ///
 /// On the CPU it is one op each way ([`ConvTransposeOp`]): the input gradient of the
-/// convolution it is the adjoint of (the direct kernels where they apply, else per strip a
-/// product and its fold), bias included. Other devices use candle's `conv_transpose2d`.
+/// convolution it is the adjoint of (the direct or Winograd kernels where they apply, else per
+/// strip a product and its fold), bias included. Other devices use candle's `conv_transpose2d`.
 #[derive(Clone, Debug)]
 pub struct ConvTranspose2d {
     weight: Tensor,
@@ -953,6 +953,10 @@ impl Module for ConvTranspose2d {
             let g = Geometry::new((b, cout, oh, ow), k, s, p)?;
             debug_assert_eq!((g.oh, g.ow), (h, w));
             let bias = match &self.bias {
+                Some(bias) if bias.dims() != [cout] => candle_core::bail!(
+                    "conv_transpose2d: bias {:?} does not fit {cout} output channels",
+                    bias.dims()
+                ),
                 Some(bias) => bias.contiguous()?,
                 None => Tensor::zeros(cout, candle_core::DType::F32, xs.device())?,
             };
@@ -1241,8 +1245,9 @@ mod tests {
         }
     }
 
-    /// The untracked transposed convolution (strips of input rows) equals the tracked one
-    /// (whole unfolding), for one image with many strips and for several images.
+    /// The transposed convolution equals candle's on larger inputs (one image with many strips
+    /// of the fold, several images), untracked and tracked (the same op, with and without the
+    /// graph: their outputs must agree).
     #[test]
     fn transposed_untracked_strips_equal_the_tracked_path() {
         for &(b, cin, cout, h, w, k, stride, pad, opad) in &[

@@ -51,8 +51,25 @@ enum Isa {
     Avx2,
 }
 
-/// The best instruction set of this CPU the kernels have a version for (checked once).
+#[cfg(test)]
+thread_local! {
+    /// The tests' choice of instruction set for calls from this thread (both versions are
+    /// tested on a CPU that has both).
+    static FORCED: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
+}
+
+/// The instruction set a call runs with: the CPU's best ([`cpu_isa`]), or in the tests the
+/// one forced for the calling thread.
 fn isa() -> Option<Isa> {
+    #[cfg(test)]
+    if let Some(forced) = FORCED.with(|f| f.get()) {
+        return Some(forced);
+    }
+    cpu_isa()
+}
+
+/// The best instruction set of this CPU the kernels have a version for (checked once).
+fn cpu_isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
         static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
@@ -72,8 +89,10 @@ fn isa() -> Option<Isa> {
     }
 }
 
-/// Whether the direct kernels compute (every pass of) the layer `cin → cout`: a k x k kernel
-/// with 2 ≤ k ≤ 7, stride 1 or 2, padding below k (`plane`: the pass's output pixels).
+/// Whether the direct kernels compute a pass of the layer `cin → cout`: a k x k kernel with
+/// 2 ≤ k ≤ 7, stride 1 or 2, padding below k (`pad`: the pass's padding; `plane`: the pixels
+/// the pass computes, which only the AVX-512 rule reads, so there the passes of one layer may
+/// differ).
 ///
 /// With AVX-512: layers with at most 128 channels on both sides or an output of at most 64x64
 /// pixels. Measured against the AVX2 Winograd path (3x3 on a 2-core Zen 4): 2–2.5x faster at
@@ -101,10 +120,17 @@ pub(super) fn applies(
     }
 }
 
-/// Whether this CPU has a version of the kernels (for the tests).
+/// The instruction sets this CPU can run the kernels with (for the tests).
 #[cfg(test)]
-fn available() -> bool {
-    isa().is_some()
+fn available() -> Vec<Isa> {
+    let mut isas: Vec<Isa> = cpu_isa().into_iter().collect();
+    // Every AVX-512F CPU so far also has AVX2 and FMA; checked rather than assumed.
+    #[cfg(target_arch = "x86_64")]
+    if isas == [Isa::Avx512] && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    {
+        isas.push(Isa::Avx2);
+    }
+    isas
 }
 
 /// Kernel size, stride and zero padding of a layer.
@@ -266,7 +292,10 @@ fn convolve(
     emit: impl Fn(usize, usize, usize, &[f32]) + Sync,
 ) {
     let isa = isa();
-    assert!(isa.is_some(), "direct convolution on a CPU without AVX2 or AVX-512F");
+    assert!(
+        isa.is_some(),
+        "direct convolution on a CPU without AVX2 or AVX-512F"
+    );
     let blocks = cout.div_ceil(CO);
     let reach = taps.iter().copied().max().unwrap_or(0);
     let wlen = cin * taps.len() * CO;
@@ -470,7 +499,9 @@ pub(super) fn grad_weight(
     let groups = cout.div_ceil(GO);
     // Input channels split so that there are about four tasks per thread.
     let want = 4 * rayon::current_num_threads();
-    let per = cin.div_ceil(want.div_ceil(b * groups).clamp(1, cin.max(1))).max(1);
+    let per = cin
+        .div_ceil(want.div_ceil((b * groups).max(1)).clamp(1, cin.max(1)))
+        .max(1);
     let runs = cin.div_ceil(per);
     let wlen = cout * cin * kk;
     let mut partial = vec![0f32; b * wlen];
@@ -490,10 +521,18 @@ pub(super) fn grad_weight(
                 unsafe {
                     let (dp, xp) = (d.as_ptr(), src.as_ptr());
                     match (isa, go) {
-                        (Isa::Avx512, 4) => avx512::grad_weight_row::<4>(dp, n, xp, *offs, &mut sums),
-                        (Isa::Avx512, 3) => avx512::grad_weight_row::<3>(dp, n, xp, *offs, &mut sums),
-                        (Isa::Avx512, 2) => avx512::grad_weight_row::<2>(dp, n, xp, *offs, &mut sums),
-                        (Isa::Avx512, _) => avx512::grad_weight_row::<1>(dp, n, xp, *offs, &mut sums),
+                        (Isa::Avx512, 4) => {
+                            avx512::grad_weight_row::<4>(dp, n, xp, *offs, &mut sums)
+                        }
+                        (Isa::Avx512, 3) => {
+                            avx512::grad_weight_row::<3>(dp, n, xp, *offs, &mut sums)
+                        }
+                        (Isa::Avx512, 2) => {
+                            avx512::grad_weight_row::<2>(dp, n, xp, *offs, &mut sums)
+                        }
+                        (Isa::Avx512, _) => {
+                            avx512::grad_weight_row::<1>(dp, n, xp, *offs, &mut sums)
+                        }
                         (Isa::Avx2, _) => avx2::grad_weight_rows(dp, go, n, xp, *offs, &mut sums),
                     }
                 }
@@ -792,17 +831,26 @@ mod tests {
     /// Forward (against candle's convolution, with bias, with and without ReLU; paddings 0 to
     /// k − 1 also cover stride 1's input gradient, which is this forward kernel on flipped
     /// filters padded by k − 1 − pad), input gradient (stride 2) and weight gradient (against
-    /// the sums term by term), for every case above.
+    /// the sums term by term), for every case above, with every instruction set this CPU has.
     #[test]
     fn matches_candle_convolution_and_gradients() {
-        if !available() {
+        let isas = available();
+        if isas.is_empty() {
             eprintln!("skipped: this CPU has neither AVX2 nor AVX-512F");
             return;
         }
+        for isa in isas {
+            FORCED.with(|f| f.set(Some(isa)));
+            check_cases(&format!("{isa:?}"));
+            FORCED.with(|f| f.set(None));
+        }
+    }
+
+    fn check_cases(isa: &str) {
         let dev = Device::Cpu;
         for (i, &(b, cin, cout, h, w, kernel)) in CASES.iter().enumerate() {
             let (k, stride, pad) = kernel;
-            let case = format!("b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}");
+            let case = format!("{isa} b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}");
             let relu = i % 2 == 1;
             let (oh, ow) = (
                 (h + 2 * pad - k) / stride + 1,

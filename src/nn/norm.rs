@@ -144,7 +144,9 @@ impl CustomOp1 for LeakyRelu {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let slope = self.slope;
-        let dx = super::zip2(arg, grad, "leaky relu grad", move |v, g| leaky_grad(v, g, slope))?;
+        let dx = super::zip2(arg, grad, "leaky relu grad", move |v, g| {
+            leaky_grad(v, g, slope)
+        })?;
         Ok(Some(dx))
     }
 }
