@@ -195,7 +195,7 @@ impl candle_core::CustomOp3 for ConvOp {
         let x = contiguous_f32(s1, l1, "conv2d")?;
         let w = contiguous_f32(s2, l2, "conv2d")?;
         let bias = contiguous_f32(s3, l3, "conv2d")?;
-        let out = conv_forward(self.g, self.cout, x, w, bias, self.relu);
+        let out = conv_forward(self.g, self.cout, x, w, Some(bias), self.relu);
         Ok((
             CpuStorage::F32(out),
             Shape::from((self.g.b, self.cout, self.g.oh, self.g.ow)),
@@ -243,15 +243,15 @@ fn conv_forward(
     cout: usize,
     x: &[f32],
     w: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
     if direct::applies(g.k, g.stride, g.pad, (g.c, cout), g.oh * g.ow) {
         let dims = (g.b, g.c, g.h, g.w);
-        return direct::conv(x, dims, w, (cout, Some(bias)), (g.k, g.stride, g.pad), relu);
+        return direct::conv(x, dims, w, (cout, bias), (g.k, g.stride, g.pad), relu);
     }
     if winograd::applies(g.k, g.stride, g.pad, g.c, cout) {
-        let out = winograd::conv3x3(x, (g.b, g.c, g.h, g.w), w, cout, Some(bias), g.pad, relu);
+        let out = winograd::conv3x3(x, (g.b, g.c, g.h, g.w), w, cout, bias, g.pad, relu);
         return out;
     }
     let out_plane = g.oh * g.ow;
@@ -279,7 +279,8 @@ fn conv_forward(
         // (cout, c·k·k) and `cols` (c·k·k, n), both contiguous.
         unsafe {
             let base = d.0.add(bi * cout * out_plane + oys.start * g.ow);
-            for (co, &b) in bias.iter().enumerate() {
+            for co in 0..cout {
+                let b = bias.map_or(0.0, |b| b[co]);
                 std::slice::from_raw_parts_mut(base.add(co * out_plane), n).fill(b);
             }
             product(
@@ -577,8 +578,8 @@ impl candle_core::CustomOp2 for ResidualBlockOp {
         let x = contiguous_f32(s1, l1, "residual block")?;
         let p = contiguous_f32(s2, l2, "residual block")?;
         let (w1, b1, w2, b2) = self.unpack(p);
-        let hidden = conv_forward(g, g.c, x, w1, b1, true);
-        let mut out = conv_forward(g, g.c, &hidden, w2, b2, false);
+        let hidden = conv_forward(g, g.c, x, w1, Some(b1), true);
+        let mut out = conv_forward(g, g.c, &hidden, w2, Some(b2), false);
         let per = super::group_len(out.len(), 1);
         out.par_chunks_mut(per)
             .zip(x.par_chunks(per))
@@ -777,7 +778,7 @@ impl candle_core::CustomOp2 for ConvPlain {
         let x = contiguous_f32(s1, l1, "conv_transpose2d backward")?;
         let w = contiguous_f32(s2, l2, "conv_transpose2d backward")?;
         let (g, cout) = (self.g, self.cout);
-        let y = conv_forward(g, cout, x, w, &vec![0f32; cout], false);
+        let y = conv_forward(g, cout, x, w, None, false);
         Ok((CpuStorage::F32(y), Shape::from((g.b, cout, g.oh, g.ow))))
     }
 }

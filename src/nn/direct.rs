@@ -407,18 +407,14 @@ pub(super) fn grad_input_s2(
     (k, pad): (usize, usize),
 ) -> Vec<f32> {
     let f = Flat::new(h, w, (k, 2, pad));
-    let (oh, ow, row, m, kk) = (f.oh, f.ow, f.row, (k - 1) / 2, k * k);
-    // dy per image and channel: m zero rows, then oh rows of [0; m] + dy row, then m zero rows.
-    let plane = (oh + 2 * m) * row;
-    let mut dyp = vec![0f32; b * cout * plane + f.tail()];
-    dyp.par_chunks_mut(plane)
-        .zip(dy.par_chunks(oh * ow))
-        .for_each(|(dst, src)| {
-            let body = &mut dst[m * row..][..oh * row];
-            for (dst, src) in body.chunks_exact_mut(row).zip(src.chunks_exact(ow)) {
-                dst[m..].copy_from_slice(src);
-            }
-        });
+    let (oh, ow, m, kk) = (f.oh, f.ow, (k - 1) / 2, k * k);
+    // dy in the stride-1 flat layout padded by m (m zero rows above and below, m zeros before
+    // each row): the layout of an (m + 1) x (m + 1) stride-1 convolution, which yields the
+    // phase's oh + m rows of ow + m.
+    let fd = Flat::new(oh, ow, (m + 1, 1, m));
+    let (plane, row) = (fd.plane, fd.row);
+    debug_assert_eq!((fd.oh, fd.row), (oh + m, f.row));
+    let dyp = fd.padded(dy, b * cout);
     let mut dx = vec![0f32; b * cin * h * w];
     let dst = OutPtr(dx.as_mut_ptr());
     for (a, bb) in [(0, 0), (0, 1), (1, 0), (1, 1)] {

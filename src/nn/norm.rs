@@ -51,15 +51,9 @@ impl CustomOp1 for InstanceNorm {
         let x = contiguous_f32(storage, layout, "instance norm")?;
         let out = map_rows(x, self.plane, |o, x| {
             let (mean, inv) = plane_stats(x, self.eps);
-            let slope = self.slope;
-            if slope == 1.0 {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v - mean) * inv;
-                }
-            } else {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = leaky((v - mean) * inv, slope);
-                }
+            // (Slope 1, the plain norm, multiplies by 1: the same bits.)
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = leaky((v - mean) * inv, self.slope);
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
