@@ -3,7 +3,7 @@
 //! candle 0.11's CPU `conv2d` computes the input gradient with `conv_transpose2d`, a direct loop
 //! about 4.5x slower than the forward pass. Here each pass picks the fastest kernel that fits the
 //! layer: the direct kernels for k x k layers (2 ≤ k ≤ 7) of stride 1 or 2 (`direct.rs`:
-//! AVX-512, or AVX2 for layers with at most 4 output channels), Winograd's F(2x2, 3x3) for other 3x3 stride-1 layers with ≥ 16 channels
+//! AVX-512, or AVX2 for layers with at most 4 output channels), Winograd's F(4x4, 3x3) for other 3x3 stride-1 layers with ≥ 16 channels
 //! (`winograd.rs`), and otherwise `W · im2col(x)`: the forward pass and both gradients
 //! (`dW = dY · colsᵀ`, `dcols = Wᵀ · dY`) as `gemm` products per strip of output rows, with the
 //! unfolding (`im2col`) and its adjoint (`col2im`, a scatter-add) written here with rayon. The
@@ -1060,7 +1060,7 @@ mod tests {
             (1, 8, 3, 20, 700, 7, 1, 3),
             // More images than threads, several strips each.
             (5, 16, 4, 24, 600, 3, 1, 1),
-            // Winograd F(2x2, 3x3) forward and input gradient (stride 1, ≥ 16 channels).
+            // Winograd F(4x4, 3x3) forward and input gradient (stride 1, ≥ 16 channels).
             (2, 16, 16, 10, 12, 3, 1, 1),
             (1, 16, 24, 9, 7, 3, 1, 0),
             // The CycleGAN's 7x7 stem and head (after reflection padding) and PatchGAN layers.

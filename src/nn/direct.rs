@@ -98,7 +98,8 @@ fn cpu_isa() -> Option<Isa> {
 /// pixels. Measured against the AVX2 Winograd path (3x3 on a 2-core Zen 4): 2–2.5x faster at
 /// 16–48 channels, 10–20% at 256 channels on 32x32; on a 240x136 plane of 256 channels
 /// Winograd's 2.25x fewer multiplications win (forward 84 vs 98 ms) and the weight gradient's
-/// rows no longer fit the caches.
+/// rows no longer fit the caches. (Those comparisons predate Winograd's F(4x4, 3x3), 1.78x fewer
+/// multiplications again; not yet measured on an AVX-512 machine.)
 ///
 /// With AVX2 only (16 registers, half the width): layers with at most 4 output channels, where
 /// the `gemm` product of the im2col path has too few rows to fill its own register block (the
