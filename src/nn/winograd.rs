@@ -260,13 +260,19 @@ fn tiling(b: usize, h: usize, w: usize, pad: usize, channels: usize) -> Tiling {
     Tiling { oh, ow, blocks, np }
 }
 
-/// The calling thread's transform buffers, kept between calls (`grown`): `u` `(cout, 36,
-/// cin)`, `v` `(36, np / 16, cin, 16)` (each position's transformed input as panels of 16 tiles:
-/// the products' right operand, contiguous; positions `v_stride` apart), `m` `(cout, 36, np)` (the products, or the output
-/// gradient's transform).
+/// The calling thread's transformed filters `U` `(cout, 36, cin)`, kept between calls
+/// (`grown`).
 #[derive(Default)]
 struct Buffers {
     u: Vec<f32>,
+}
+
+/// One block's transforms, kept between calls (`grown`): `v` `(36, np / 16, cin, 16)` (each
+/// position's transformed input as panels of 16 tiles: the products' right operand,
+/// contiguous; positions `v_stride` apart), `m` `(cout, 36, np)` (the products, or the output
+/// gradient's transform).
+#[derive(Default)]
+struct BlockBuffers {
     v: Vec<f32>,
     m: Vec<f32>,
 }
@@ -341,14 +347,18 @@ pub(super) fn conv3x3(
     let Tiling { oh, ow, blocks, np } = tiling(b, h, w, pad, cin.max(cout));
     let mut out = vec![0f32; b * cout * oh * ow];
     let dst = OutPtr(out.as_mut_ptr());
+    // Many blocks (small layers, several images): one task per block, its passes in turn;
+    // few: the blocks in turn, each pass parallel.
+    let outer = blocks.len() >= 2 * rayon::current_num_threads();
+    let inner = if outer { usize::MAX } else { 1 };
     with_scratch(|bufs: &mut Buffers| {
         transform_weights(weight, cout, cin, &mut bufs.u);
         let u = &bufs.u;
-        let vp = OutPtr(grown(&mut bufs.v, XI * v_stride(cin, np)).as_mut_ptr());
-        let mp = OutPtr(grown(&mut bufs.m, XI * cout * np).as_mut_ptr());
-        for blk in &blocks {
-            input_pass(x, (cin, h, w), pad, blk, vp, np);
-            (0..XI).into_par_iter().for_each(|xi| {
+        let run = |blk: &Block, bb: &mut BlockBuffers| {
+            let vp = OutPtr(grown(&mut bb.v, XI * v_stride(cin, np)).as_mut_ptr());
+            let mp = OutPtr(grown(&mut bb.m, XI * cout * np).as_mut_ptr());
+            input_pass(x, (cin, h, w), pad, blk, vp, (np, inner));
+            (0..XI).into_par_iter().with_min_len(inner).for_each(|xi| {
                 let (vp, mp) = (vp, mp);
                 for g in 0..cout.div_ceil(MR) {
                     let rows = MR.min(cout - g * MR);
@@ -369,47 +379,63 @@ pub(super) fn conv3x3(
                     }
                 }
             });
-            (0..cout).into_par_iter().for_each(|co| {
-                let (d, mp) = (dst, mp);
-                // SAFETY: M is complete (the products above have joined); only read here.
-                let m = unsafe { std::slice::from_raw_parts(mp.0.add(co * XI * np), XI * np) };
-                // SAFETY: this task writes only channel co's pixels of this block's tiles.
-                let plane = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        d.0.add((blk.image * cout + co) * oh * ow),
-                        oh * ow,
-                    )
-                };
-                let b = bias.map_or(0.0, |b| b[co]);
-                with_scratch(|s: &mut Scratch| {
-                    transform_output(m, np, (oh, ow), blk, (b, relu), plane, &mut s.rows)
+            (0..cout)
+                .into_par_iter()
+                .with_min_len(inner)
+                .for_each(|co| {
+                    let (d, mp) = (dst, mp);
+                    // SAFETY: M is complete (the products above have joined); only read here.
+                    let m = unsafe { std::slice::from_raw_parts(mp.0.add(co * XI * np), XI * np) };
+                    // SAFETY: this task writes only channel co's pixels of this block's tiles.
+                    let plane = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            d.0.add((blk.image * cout + co) * oh * ow),
+                            oh * ow,
+                        )
+                    };
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    with_scratch(|s: &mut Scratch| {
+                        transform_output(m, np, (oh, ow), blk, (b, relu), plane, &mut s.rows)
+                    });
                 });
-            });
+        };
+        if outer {
+            blocks
+                .par_iter()
+                .for_each(|blk| with_scratch(|bb: &mut BlockBuffers| run(blk, bb)));
+        } else {
+            with_scratch(|bb: &mut BlockBuffers| blocks.iter().for_each(|blk| run(blk, bb)));
         }
     });
     out
 }
 
-/// The input transform of every channel of `blk`'s image into `vp` (parallel over channels).
+/// The input transform of every channel of `blk`'s image into `vp` (parallel over channels, at
+/// least `min_len` per task: `usize::MAX` runs them in turn).
 fn input_pass(
     x: &[f32],
     (cin, h, w): (usize, usize, usize),
     pad: usize,
     blk: &Block,
     vp: OutPtr,
-    np: usize,
+    (np, min_len): (usize, usize),
 ) {
     let image = &x[blk.image * cin * h * w..][..cin * h * w];
-    (0..cin).into_par_iter().for_each(|ci| {
-        let plane = &image[ci * h * w..][..h * w];
-        let out = Panels {
-            buf: vp,
-            channels: cin,
-            np,
-            c: ci,
-        };
-        with_scratch(|s: &mut Scratch| transform_input(plane, (h, w), pad, blk, out, &mut s.rows));
-    });
+    (0..cin)
+        .into_par_iter()
+        .with_min_len(min_len)
+        .for_each(|ci| {
+            let plane = &image[ci * h * w..][..h * w];
+            let out = Panels {
+                buf: vp,
+                channels: cin,
+                np,
+                c: ci,
+            };
+            with_scratch(|s: &mut Scratch| {
+                transform_input(plane, (h, w), pad, blk, out, &mut s.rows)
+            });
+        });
 }
 
 /// The weight gradient of [`conv3x3`]: `dW` `(cout, cin, 3, 3)` from the input `x` and the
@@ -430,11 +456,11 @@ pub(super) fn grad_weight3x3(
     // dU (cout, 36, cin_p), summed over the blocks.
     let mut du = vec![0f32; XI * cout * cin_p];
     let dup = OutPtr(du.as_mut_ptr());
-    with_scratch(|bufs: &mut Buffers| {
+    with_scratch(|bufs: &mut BlockBuffers| {
         let vp = OutPtr(grown(&mut bufs.v, XI * v_stride(cin, np)).as_mut_ptr());
         let mp = OutPtr(grown(&mut bufs.m, XI * cout * np).as_mut_ptr());
         for blk in &blocks {
-            input_pass(x, (cin, h, w), pad, blk, vp, np);
+            input_pass(x, (cin, h, w), pad, blk, vp, (np, 1));
             let grads = &dy[blk.image * cout * oh * ow..][..cout * oh * ow];
             (0..cout).into_par_iter().for_each(|co| {
                 let plane = &grads[co * oh * ow..][..oh * ow];
@@ -740,11 +766,12 @@ fn stage_row(
         let lo = ((-x0).max(0) as usize).min(4 * len);
         (lo, ((w as isize - x0).max(0) as usize).clamp(lo, 4 * len))
     };
-    for j in 0..lo {
-        phases[(j % 4) * len + j / 4] = 0.0;
-    }
-    for j in hi..4 * len {
-        phases[(j % 4) * len + j / 4] = 0.0;
+    // Zero outside columns lo..hi: phase r's value e is column 4e + r.
+    for (r, p) in phases[..4 * len].chunks_exact_mut(len).enumerate() {
+        let e_lo = (lo.saturating_sub(r)).div_ceil(4);
+        let e_hi = (hi.saturating_sub(r)).div_ceil(4).max(e_lo);
+        p[..e_lo].fill(0.0);
+        p[e_hi..].fill(0.0);
     }
     if hi == lo {
         return;
