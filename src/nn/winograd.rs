@@ -74,23 +74,8 @@ avx2_multiversion! {
 fn untransform_filter_body(du: &[f32], cin: usize, dw: &mut [f32]) {
     let cin_p = du.len() / XI;
     for c0 in (0..cin).step_by(8) {
-        let at = |xi: usize| load(&du[xi * cin_p..][..cin_p], c0);
-        // Gᵀ down each column j, then across each resulting row.
-        let mut cols = [[[0f32; 8]; 3]; 6];
-        for (j, col) in cols.iter_mut().enumerate() {
-            *col = gt3l([
-                at(j),
-                at(6 + j),
-                at(12 + j),
-                at(18 + j),
-                at(24 + j),
-                at(30 + j),
-            ]);
-        }
-        for r in 0..3 {
-            let row = gt3l([
-                cols[0][r], cols[1][r], cols[2][r], cols[3][r], cols[4][r], cols[5][r],
-            ]);
+        let taps = separable(|i, j| load(&du[(i * 6 + j) * cin_p..][..cin_p], c0), gt3l);
+        for (r, row) in taps.iter().enumerate() {
             for (c, v) in row.iter().enumerate() {
                 for (l, &v) in v.iter().enumerate().take(cin - c0) {
                     dw[(c0 + l) * 9 + r * 3 + c] = v;
@@ -121,7 +106,7 @@ fn gt3l(v: [L; 6]) -> [L; 3] {
 
 /// `p + n` (a closure calling this captures the whole `OutPtr`, which is `Sync`, rather than
 /// its raw pointer field).
-fn at(p: OutPtr, n: usize) -> *mut f32 {
+fn ptr_at(p: OutPtr, n: usize) -> *mut f32 {
     p.0.wrapping_add(n)
 }
 
@@ -132,7 +117,8 @@ fn transform_weights(weight: &[f32], cout: usize, cin: usize, u: &mut Vec<f32>) 
     (0..cout).into_par_iter().for_each(|co| {
         with_scratch(|s: &mut Scratch| {
             // SAFETY: output channel co's 36 rows of U are written by this task only.
-            let rows = unsafe { std::slice::from_raw_parts_mut(at(up, co * XI * cin), XI * cin) };
+            let rows =
+                unsafe { std::slice::from_raw_parts_mut(ptr_at(up, co * XI * cin), XI * cin) };
             transform_filter(&weight[co * cin * 9..][..cin * 9], cin, rows, &mut s.rows)
         })
     });
@@ -161,13 +147,8 @@ fn transform_filter_body(w: &[f32], cin: usize, out: &mut [f32], taps: &mut Vec<
     }
     for c0 in (0..cin).step_by(8) {
         let take = (cin - c0).min(8);
-        let tap = |k: usize| load(&taps[k * len..], c0);
-        let mut cols = [[[0f32; 8]; 6]; 3];
-        for (j, col) in cols.iter_mut().enumerate() {
-            *col = g6l([tap(j), tap(3 + j), tap(6 + j)]);
-        }
-        for i in 0..6 {
-            let row = g6l([cols[0][i], cols[1][i], cols[2][i]]);
+        let u = separable(|i, j| load(&taps[(i * 3 + j) * len..], c0), g6l);
+        for (i, row) in u.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
                 store(&mut out[(i * 6 + j) * cin..][..cin], c0, v, take);
             }
@@ -465,7 +446,8 @@ pub(super) fn grad_weight3x3(
             (0..cout).into_par_iter().for_each(|co| {
                 let plane = &grads[co * oh * ow..][..oh * ow];
                 // SAFETY: channel co's 36 rows of D are written by this task only.
-                let d = unsafe { std::slice::from_raw_parts_mut(at(mp, co * XI * np), XI * np) };
+                let d =
+                    unsafe { std::slice::from_raw_parts_mut(ptr_at(mp, co * XI * np), XI * np) };
                 with_scratch(|s: &mut Scratch| {
                     transform_grad(plane, (oh, ow), blk, d, &mut s.rows)
                 });
@@ -651,6 +633,34 @@ mod avx2 {
 /// Eight lanes: the transforms run over 8 consecutive tiles at a time.
 type L = [f32; 8];
 
+/// `F X Fᵀ` for a 1-D transform `f` (`I` values to `O`) of the `I x I` values `x(i, j)` (row
+/// `i`, column `j`): `f` down each column, then across each resulting row; `out[i][j]`. Every
+/// transform here (`Bᵀ d B`, `Aᵀ M A`, `G g Gᵀ` and the gradients' adjoints) is one. (Loops,
+/// not `array::from_fn`: that was not inlined into the AVX2 builds.)
+#[inline(always)]
+fn separable<const I: usize, const O: usize>(
+    x: impl Fn(usize, usize) -> L,
+    f: impl Fn([L; I]) -> [L; O],
+) -> [[L; O]; O] {
+    let mut cols = [[[0f32; 8]; O]; I];
+    for (j, col) in cols.iter_mut().enumerate() {
+        let mut v = [[0f32; 8]; I];
+        for (i, v) in v.iter_mut().enumerate() {
+            *v = x(i, j);
+        }
+        *col = f(v);
+    }
+    let mut out = [[[0f32; 8]; O]; O];
+    for (i, row) in out.iter_mut().enumerate() {
+        let mut v = [[0f32; 8]; I];
+        for (j, v) in v.iter_mut().enumerate() {
+            *v = cols[j][i];
+        }
+        *row = f(v);
+    }
+    out
+}
+
 #[inline(always)]
 fn add(a: L, b: L) -> L {
     let mut r = [0f32; 8];
@@ -815,7 +825,6 @@ avx2_multiversion! {
 }
 
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // cols[j][i] is read across j for each i
 fn transform_input_body(
     plane: &[f32],
     hw: (usize, usize),
@@ -851,22 +860,7 @@ fn transform_input_body(
             let take = (ntx - t).min(8);
             let lanes =
                 |i: usize, j: usize| load(&rows[(4 * slots[i] + j % 4) * len..][..len], t + j / 4);
-            // Bᵀ d down each column j, then (Bᵀ d) B across each row.
-            let mut cols = [[[0f32; 8]; 6]; 6];
-            for (j, col) in cols.iter_mut().enumerate() {
-                *col = bt6([
-                    lanes(0, j),
-                    lanes(1, j),
-                    lanes(2, j),
-                    lanes(3, j),
-                    lanes(4, j),
-                    lanes(5, j),
-                ]);
-            }
-            for i in 0..6 {
-                let v = bt6([
-                    cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i],
-                ]);
+            for (i, v) in separable(lanes, bt6).iter().enumerate() {
                 for (j, v) in v.iter().enumerate() {
                     // SAFETY: V holds 36 · v_stride values, t0 + t + take ≤ n ≤ np, and
                     // channel c is this task's (`input_pass`).
@@ -920,12 +914,7 @@ fn transform_grad_body(
         for t in (0..ntx).step_by(8) {
             let take = (ntx - t).min(8);
             let g = |i: usize, j: usize| load(&rows[(4 * i + j) * len..][..len], t);
-            let mut cols = [[[0f32; 8]; 6]; 4];
-            for (j, col) in cols.iter_mut().enumerate() {
-                *col = a6([g(0, j), g(1, j), g(2, j), g(3, j)]);
-            }
-            for i in 0..6 {
-                let d = a6([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+            for (i, d) in separable(g, a6).iter().enumerate() {
                 for (j, v) in d.iter().enumerate() {
                     store(&mut out[(i * 6 + j) * np..][..np], t0 + t, v, take);
                 }
@@ -979,22 +968,7 @@ fn transform_output_body(
                     p
                 }
             };
-            // Aᵀ M down each column j, then across each of the 4 rows.
-            let mut cols = [[[0f32; 8]; 4]; 6];
-            for (j, col) in cols.iter_mut().enumerate() {
-                *col = at4([
-                    ms(j),
-                    ms(6 + j),
-                    ms(12 + j),
-                    ms(18 + j),
-                    ms(24 + j),
-                    ms(30 + j),
-                ]);
-            }
-            for i in 0..4 {
-                let y = at4([
-                    cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i],
-                ]);
+            for (i, y) in separable(|i, j| ms(i * 6 + j), at4).iter().enumerate() {
                 let dst = &mut rows[i * span + 4 * t..][..32];
                 for (c, y) in y.iter().enumerate() {
                     let mut v = add(*y, b);
