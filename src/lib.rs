@@ -11,8 +11,10 @@ pub mod eval;
 pub mod image_io;
 pub mod metrics;
 pub mod nn;
+pub mod pairing;
 pub mod progress;
 pub mod rain;
+pub mod registry;
 pub mod runtime;
 mod simd;
 pub mod stream;
@@ -22,3 +24,4 @@ pub mod train;
 #[cfg(feature = "video")]
 pub mod video;
 pub mod viz;
+pub mod weights;

@@ -86,6 +86,31 @@ enum Command {
     /// STUDY_DIR/report.md (tables, charts, sample grids, the command) and study.rrd; prints the
     /// table. Rerunning the same command resumes an interrupted study.
     Study(StudyArgs),
+    /// Look into and convert weight files: safetensors, PyTorch `.pth` in the zip format and in
+    /// the legacy (pre-1.6) format that most published checkpoints use.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+}
+
+#[derive(Subcommand)]
+enum WeightsCommand {
+    /// Print a weight file's format, wrapper, tensors (name, shape, dtype) and which raincheck
+    /// architecture and preset its names and shapes match, as JSON on stdout.
+    ///
+    /// The pickle is read by an allow-list unpickler: no code in the file is ever run.
+    Inspect {
+        /// The weight file (.pth, .pt, .ckpt, .safetensors: the format is read off the content).
+        file: PathBuf,
+    },
+    /// Write a weight file's state dict as safetensors (unwrapped, `module.` prefixes removed,
+    /// floats as f32), so it never needs unpickling again; a summary as JSON on stdout.
+    Convert {
+        /// The weight file.
+        file: PathBuf,
+        /// The safetensors file to write (written under a temporary name, then renamed).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -915,6 +940,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_media_summary(&s, "generator");
         }
         Command::Stream(a) => stream(a, progress)?,
+        Command::Weights(WeightsCommand::Inspect { file }) => {
+            let info = raincheck::registry::inspect(&file)?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        Command::Weights(WeightsCommand::Convert { file, out }) => {
+            if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+                return Err(usage(format!(
+                    "{}: the output of `weights convert` is a .safetensors file",
+                    out.display()
+                )));
+            }
+            let done = raincheck::registry::convert(&file, &out)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
         Command::Study(a) => {
             if a.print_plan {
                 print!("{}", toml::to_string_pretty(&a.budget.plan())?);

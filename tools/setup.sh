@@ -6,8 +6,8 @@ set -euo pipefail
 need_apt=()
 # Debian packages: OpenCV (videoio/imgproc for the `video` feature), clang for the opencv crate's
 # binding generator, pkg-config to find OpenCV, Python for the reference scripts, DejaVu Sans for
-# the text of the study report's charts.
-for pkg in libopencv-dev clang libclang-dev pkg-config python3 fonts-dejavu-core; do
+# the text of the study report's charts, cmake and nasm to build the bundled libjpeg-turbo.
+for pkg in libopencv-dev clang libclang-dev pkg-config python3 fonts-dejavu-core cmake nasm; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     need_apt+=("$pkg")
   fi

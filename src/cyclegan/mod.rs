@@ -263,7 +263,7 @@ impl Discriminator {
 
 /// Whether a state-dict entry is one of the instance-norm running statistics that checkpoints
 /// from old PyTorch versions carry (the reference deletes them on load; the norm has none).
-fn is_stale_norm_entry(name: &str) -> bool {
+pub fn is_stale_norm_entry(name: &str) -> bool {
     name.ends_with(".running_mean")
         || name.ends_with(".running_var")
         || name.ends_with(".num_batches_tracked")

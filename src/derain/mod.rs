@@ -59,6 +59,8 @@ pub enum DerainError {
     Usage(String),
     #[error(transparent)]
     Image(#[from] image_io::ImageIoError),
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -361,54 +363,13 @@ impl Params {
 
 /// Writes tensors as safetensors under a temporary name, then renames.
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = image_io::temp_path_for(path);
-    let written = candle_core::safetensors::save(tensors, &tmp)
-        .map_err(|e| DerainError::File {
-            path: path.to_path_buf(),
-            why: format!("cannot write: {e}"),
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| DerainError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if written.is_err() {
-        // Never leave a partial (or orphaned) temporary file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    Ok(crate::weights::save_safetensors(tensors, path)?)
 }
 
-/// Reads a weight file: safetensors, or a PyTorch `.pth`/`.pt` state dict (a `module.` prefix
-/// from `nn.DataParallel` is stripped).
+/// Reads a weight file: safetensors, or a PyTorch state dict in either `torch.save` format
+/// (zip or legacy), unwrapped and without `module.` prefixes (see [`crate::weights`]).
 pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bad = |why: String| DerainError::File {
-        path: path.to_path_buf(),
-        why,
-    };
-    if !path.is_file() {
-        return Err(bad("no such weight file".into()));
-    }
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if ext == "pth" || ext == "pt" {
-        let list = candle_core::pickle::read_all(path)
-            .map_err(|e| bad(format!("not a readable PyTorch state dict: {e}")))?;
-        if list.is_empty() {
-            return Err(bad("holds no tensors".into()));
-        }
-        Ok(list
-            .into_iter()
-            .map(|(k, v)| (k.strip_prefix("module.").unwrap_or(&k).to_string(), v))
-            .collect())
-    } else {
-        candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))
-    }
+    Ok(crate::weights::read_tensors(path)?)
 }
 
 /// `config.json` of a run folder.
@@ -819,7 +780,7 @@ mod tests {
         std::fs::write(&corrupt, b"not safetensors at all").unwrap();
         let e = err(load(&corrupt, Some("unet"), Some("tiny"), &Device::Cpu));
         assert!(
-            e.contains("corrupt.safetensors") && e.contains("not a readable"),
+            e.contains("corrupt.safetensors") && e.contains("not a weight file"),
             "{e}"
         );
         let e = err(load(

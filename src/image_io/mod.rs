@@ -3,7 +3,10 @@
 //! Everything inside raincheck works on one convention: RGB, 8 bits per channel on disk and in
 //! the renderer ([`RgbImage`]), `(3, h, w)` / `(b, 3, h, w)` f32 in [0, 1] as candle tensors.
 //! Decoding accepts PNG and JPEG of any bit depth, gray or with alpha, and applies the EXIF
-//! orientation, so that what a camera meant is what the pipeline sees.
+//! orientation, so that what a camera meant is what the pipeline sees. JPEGs are decoded by
+//! libjpeg-turbo with its default settings ([`jpeg`]): pixels byte-identical to PIL's, OpenCV's
+//! and MATLAB's `imread` (EXIF orientation applied as OpenCV's `imread` and PIL's
+//! `ImageOps.exif_transpose` do).
 
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +14,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 pub use image::RgbImage;
 use image::{DynamicImage, ImageDecoder, ImageReader};
+
+pub mod jpeg;
 
 /// File extensions treated as images when a folder is listed.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
@@ -31,6 +36,8 @@ pub enum ImageIoError {
         path: PathBuf,
         source: image::ImageError,
     },
+    #[error("{}: corrupt or unsupported JPEG: {why}", path.display())]
+    Jpeg { path: PathBuf, why: String },
     #[error("{}: truncated JPEG (no end-of-image marker)", path.display())]
     TruncatedJpeg { path: PathBuf },
     #[error("cannot write {}: {source}", path.display())]
@@ -172,7 +179,25 @@ pub fn decode_rgb8(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     };
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let orientation = decoder.orientation().map_err(decode_err)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    let mut img = if format == image::ImageFormat::Jpeg {
+        match jpeg::decode(bytes).map_err(|why| ImageIoError::Jpeg {
+            path: path.to_path_buf(),
+            why,
+        })? {
+            jpeg::Outcome::Decoded(d) => {
+                if let Some(w) = &d.warning {
+                    tracing::debug!("{}: libjpeg-turbo: {w}", path.display());
+                }
+                let rgb = RgbImage::from_raw(d.width, d.height, d.rgb)
+                    .expect("decoder fills width x height x 3 bytes");
+                DynamicImage::ImageRgb8(rgb)
+            }
+            // TurboJPEG has no CMYK -> RGB conversion: the `image` crate's, as before.
+            jpeg::Outcome::Cmyk => DynamicImage::from_decoder(decoder).map_err(decode_err)?,
+        }
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(decode_err)?
+    };
     img.apply_orientation(orientation);
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
@@ -542,5 +567,60 @@ mod tests {
         let out = resize_cover(&img, 8, 8);
         assert_eq!(out.dimensions(), (8, 8));
         assert_eq!(resize_cover(&img, 20, 10), img);
+    }
+}
+
+/// Against PIL (eval/reference/jpeg_reference.py, libjpeg-turbo 3.2 inside Pillow 13).
+#[cfg(test)]
+mod jpeg_vs_pil {
+    use super::*;
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+    }
+
+    /// 4:2:0, 4:2:2, 4:4:4, progressive, grayscale, odd sizes, restart markers and an EXIF
+    /// rotation decode to exactly PIL's pixels.
+    #[test]
+    fn corpus_is_byte_identical_to_pil() {
+        let dir = root().join("eval/reference/fixtures/jpeg");
+        let mut n = 0;
+        for jpg in list_images(&dir).unwrap() {
+            if jpg.extension().and_then(|e| e.to_str()) != Some("jpg") {
+                continue;
+            }
+            let got = load_rgb8(&jpg).unwrap();
+            let want = load_rgb8(&jpg.with_extension("png")).unwrap();
+            assert_eq!(got.dimensions(), want.dimensions(), "{}", jpg.display());
+            let diff = got
+                .as_raw()
+                .iter()
+                .zip(want.as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(diff, 0, "{}: {diff} bytes differ from PIL", jpg.display());
+            n += 1;
+        }
+        assert_eq!(n, 9);
+    }
+
+    /// The bundled camera frames (other encoders, 1280x720 and 960x540) too.
+    #[test]
+    fn bundled_frames_are_byte_identical_to_pil() {
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root().join("eval/reference/fixtures/jpeg/MANIFEST.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let frames = manifest["frames_rgb_sha256"].as_object().unwrap();
+        assert_eq!(frames.len(), 10);
+        for (name, want) in frames {
+            let img = load_rgb8(&root().join("datasets/samples/frames").join(name)).unwrap();
+            assert_eq!(
+                crate::dataset::sha256_hex(img.as_raw()),
+                want.as_str().unwrap(),
+                "{name}"
+            );
+        }
     }
 }
