@@ -8,6 +8,8 @@ pub mod cyclegan;
 pub mod dataset;
 pub mod derain;
 pub mod eval;
+#[cfg(test)]
+mod fuzz;
 pub mod image_io;
 pub mod metrics;
 pub mod nn;

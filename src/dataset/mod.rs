@@ -279,6 +279,25 @@ pub struct DatasetInfo {
 }
 
 impl DatasetInfo {
+    /// Parses `dataset.toml`'s text (read from `path`), refusing formats and versions this
+    /// raincheck does not read.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let info: DatasetInfo = toml::from_str(text).map_err(|e| DatasetError::Path {
+            path: path.to_path_buf(),
+            why: format!("invalid dataset.toml: {}", e.message()),
+        })?;
+        if info.format != FORMAT || info.version > VERSION {
+            return Err(DatasetError::Path {
+                path: path.to_path_buf(),
+                why: format!(
+                    "format `{}` version {} is not one this raincheck reads ({FORMAT} ≤ {VERSION})",
+                    info.format, info.version
+                ),
+            });
+        }
+        Ok(info)
+    }
+
     pub fn from_records(records: &[PairRecord]) -> Self {
         let mut splits = BTreeMap::new();
         for s in Split::ALL {
@@ -330,19 +349,7 @@ impl Dataset {
             path: toml_path.clone(),
             why: format!("cannot read ({e}); is this a finished raincheck dataset?"),
         })?;
-        let info: DatasetInfo = toml::from_str(&text).map_err(|e| DatasetError::Path {
-            path: toml_path.clone(),
-            why: format!("invalid dataset.toml: {}", e.message()),
-        })?;
-        if info.format != FORMAT || info.version > VERSION {
-            return Err(DatasetError::Path {
-                path: toml_path,
-                why: format!(
-                    "format `{}` version {} is not one this raincheck reads ({FORMAT} ≤ {VERSION})",
-                    info.format, info.version
-                ),
-            });
-        }
+        let info = DatasetInfo::parse(&text, &toml_path)?;
         let records = read_manifest(&root.join(MANIFEST))?;
         Ok(Dataset {
             root: root.to_path_buf(),
@@ -359,6 +366,11 @@ impl Dataset {
 /// Reads a manifest, rejecting malformed lines, unsafe paths and duplicate ids.
 pub fn read_manifest(path: &Path) -> Result<Vec<PairRecord>> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    parse_manifest(&text, path)
+}
+
+/// [`read_manifest`] of text already read (`path` names it in errors).
+pub fn parse_manifest(text: &str, path: &Path) -> Result<Vec<PairRecord>> {
     let mut out: Vec<PairRecord> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {

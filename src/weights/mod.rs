@@ -900,3 +900,40 @@ mod fixtures {
         }
     }
 }
+
+#[cfg(test)]
+mod claims {
+    use super::*;
+
+    /// A legacy file whose first storage claims 100 GB (its element count patched) is refused
+    /// from the bytes left, before anything of that size is allocated; so is a tensor whose
+    /// size claims more than its storage holds.
+    #[test]
+    fn huge_claims_are_refused_before_allocating() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("eval/reference/fixtures/weights/mixed_legacy.pth");
+        let bytes = std::fs::read(&path).unwrap();
+        let mut m = Machine::new(&bytes);
+        for _ in 0..5 {
+            m.load().unwrap();
+        }
+        let at = m.position();
+        let mut patched = bytes.clone();
+        patched[at..at + 8].copy_from_slice(&(25u64 << 30).to_le_bytes());
+        let e = read_bytes(&patched, &path).unwrap_err().to_string();
+        assert!(e.contains("runs past the end of the file"), "{e}");
+        let t = TensorRef {
+            storage: StorageRef {
+                kind: "FloatStorage".into(),
+                key: "0".into(),
+                location: "cpu".into(),
+                numel: 4,
+                view: None,
+            },
+            offset: 0,
+            size: vec![100_000, 100_000, 100],
+            stride: vec![10_000_000, 100, 1],
+        };
+        assert!(gather(&[0u8; 16], 4, "float32", &t).is_err());
+    }
+}

@@ -391,8 +391,7 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    let g = allowed(&module, &name)
-                        .ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
+                    let g = allowed(&module, &name).ok_or_else(|| forbidden(&module, &name))?;
                     self.push(Value::Global(g));
                 }
                 0x93 => {
@@ -403,8 +402,7 @@ impl<'a> Machine<'a> {
                     else {
                         return Err(self.malformed(at, "STACK_GLOBAL of non-strings".into()));
                     };
-                    let g = allowed(module, name)
-                        .ok_or_else(|| PickleError::Forbidden(format!("{module}.{name}")))?;
+                    let g = allowed(module, name).ok_or_else(|| forbidden(module, name))?;
                     self.push(Value::Global(g));
                 }
                 b'R' | 0x81 => {
@@ -736,6 +734,17 @@ impl<'a> Machine<'a> {
             view,
         }))
     }
+}
+
+/// The refusal of `module.name`, printable whatever bytes the names hold.
+fn forbidden(module: &str, name: &str) -> PickleError {
+    let full: String = format!("{module}.{name}").escape_debug().collect();
+    let short: String = full.chars().take(120).collect();
+    PickleError::Forbidden(if short.len() < full.len() {
+        format!("{short}…")
+    } else {
+        short
+    })
 }
 
 fn pairs(items: Vec<Id>, at: usize) -> Result<Vec<(Id, Id)>> {
