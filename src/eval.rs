@@ -48,6 +48,10 @@ pub enum EvalError {
     Model(#[from] crate::derain::DerainError),
     #[error(transparent)]
     Dataset(#[from] crate::dataset::DatasetError),
+    #[error(transparent)]
+    Pairing(#[from] crate::pairing::PairingError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub type Result<T> = std::result::Result<T, EvalError>;
@@ -55,10 +59,15 @@ pub type Result<T> = std::result::Result<T, EvalError>;
 pub struct EvalConfig {
     /// De-rained outputs.
     pub pred: PathBuf,
-    /// Clean targets.
+    /// Clean targets: a folder paired with `pred` by file stem, or a test set in one of the
+    /// layouts of [`crate::pairing`] (its rainy images are then the inputs, and each output is
+    /// found by its rainy image's stem).
     pub target: PathBuf,
     /// Rainy inputs (for the input scores and the quality gain).
     pub input: Option<PathBuf>,
+    /// How `target` pairs up when its layout is not detected (or to override it).
+    pub pair: Option<crate::pairing::PairPattern>,
+    pub protocol: metrics::Protocol,
     /// Report folder (created).
     pub report: PathBuf,
     pub rerun: Option<RerunTarget>,
@@ -103,6 +112,9 @@ pub struct Summary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub protocol: serde_json::Value,
+    /// How rainy, clean and output images were paired (test-set layouts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<PairingInfo>,
     pub count: usize,
     pub pred: String,
     pub target: String,
@@ -112,12 +124,38 @@ pub struct Report {
     pub summary: Summary,
 }
 
-/// The protocol as written into every report.
+/// The pairing recorded in a report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairingInfo {
+    /// The test set's folder.
+    pub dir: String,
+    pub layout: String,
+    pub pairs: usize,
+    pub max_rainy_per_clean: usize,
+}
+
+/// The default protocol as written into reports.
 pub fn protocol() -> serde_json::Value {
-    serde_json::json!({
-        "name": "de-raining Y-channel protocol (as Restormer's evaluate_PSNR_SSIM.m)",
-        "y_channel": "Y = round(65.481/255*R + 128.553/255*G + 24.966/255*B + 16), R,G,B 8-bit (MATLAB rgb2ycbcr, round half away from zero)",
-        "psnr": "20*log10(255/RMSE) on the integer planes; identical images: infinite (JSON null, left out of means)",
+    protocol_of(&metrics::Protocol::default())
+}
+
+/// A protocol as written into every report.
+pub fn protocol_of(p: &metrics::Protocol) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "name": p.name(),
+        "description": match p.y {
+            metrics::YMode::MatlabUint8 => "de-raining Y-channel protocol on 8-bit Y (as Restormer's evaluate_PSNR_SSIM.m)",
+            metrics::YMode::MatlabDouble => "de-raining Y-channel protocol on unrounded Y of im2double images (as PReNet's and JORDER's statistic scripts)",
+        },
+        "y_channel": match p.y {
+            metrics::YMode::MatlabUint8 => "Y = round(65.481/255*R + 128.553/255*G + 24.966/255*B + 16), R,G,B 8-bit (MATLAB rgb2ycbcr, round half away from zero)",
+            metrics::YMode::MatlabDouble => "Y = 65.481/255*R + 128.553/255*G + 24.966/255*B + 16/255, R,G,B = 8-bit/255 (MATLAB rgb2ycbcr(im2double(img))), unrounded",
+        },
+        "psnr": match p.y {
+            metrics::YMode::MatlabUint8 => "20*log10(255/RMSE) on the integer planes; identical images: infinite (JSON null, left out of means)",
+            metrics::YMode::MatlabDouble => "10*log10(1/MSE) on Y in [0, 1] (PReNet's psnr.m); identical images: infinite (JSON null, left out of means)",
+        },
+        "crop_border": p.crop_border,
         "ssim": {
             "window": "11x11 Gaussian, sigma 1.5, normalised to sum 1",
             "k1": 0.01, "k2": 0.03, "data_range": 255,
@@ -132,7 +170,11 @@ pub fn protocol() -> serde_json::Value {
         "quality_gain": "gain_M = (M_output - M_input) / M_input * 100, in percent; summary: of the means; per image: of that image's values",
         "ci95": format!("percentile bootstrap of the mean, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"),
         "accumulation": "f64",
-    })
+    });
+    if p.y == metrics::YMode::MatlabDouble {
+        v["ssim_y"] = "SSIM as below on Y*255 (doubles, unrounded), L = 255".into();
+    }
+    v
 }
 
 /// Images of a folder keyed by file stem (at least one).
@@ -153,6 +195,64 @@ fn index_dir(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
 
 /// `(id, prediction, target, input)` paths of one image.
 type Paired = (String, PathBuf, PathBuf, Option<PathBuf>);
+
+/// Pairs a test set (a layout of [`crate::pairing`]) with the outputs named by its rainy
+/// images' stems; `None` when `cfg.target` is a plain folder.
+fn pair_test_set(cfg: &EvalConfig) -> Result<Option<(Vec<Paired>, PairingInfo)>> {
+    if !cfg.target.is_dir() {
+        return Ok(None);
+    }
+    let Some(set) = crate::pairing::detect(&cfg.target, cfg.pair.as_ref())? else {
+        return Ok(None);
+    };
+    if cfg.input.is_some() {
+        return Err(EvalError::Usage(format!(
+            "{} is a test set ({}): its rainy images are the inputs; leave out --input",
+            cfg.target.display(),
+            set.layout
+        )));
+    }
+    let mut pred = index_dir(&cfg.pred)?;
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    for p in &set.pairs {
+        match pred.remove(&p.id) {
+            Some(path) => out.push((p.id.clone(), path, p.clean.clone(), Some(p.rainy.clone()))),
+            None => problems.push(format!(
+                "  {}: no output {}/{}.* for {}",
+                p.id,
+                cfg.pred.display(),
+                p.id,
+                p.rainy.display()
+            )),
+        }
+    }
+    problems.extend(
+        pred.keys().map(|id| {
+            format!("  {id}: an output with no rainy image of that stem in the test set")
+        }),
+    );
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(30);
+        if n > 30 {
+            problems.push(format!("  … and {} more", n - 30));
+        }
+        return Err(EvalError::Unpaired(format!(
+            "test set {} ({}):\n{}",
+            cfg.target.display(),
+            set.layout,
+            problems.join("\n")
+        )));
+    }
+    let info = PairingInfo {
+        dir: set.dir.display().to_string(),
+        layout: set.layout,
+        pairs: out.len(),
+        max_rainy_per_clean: set.max_rainy_per_clean,
+    };
+    Ok(Some((out, info)))
+}
 
 /// Pairs the folders by stem; any image without all its counterparts is an error listing them.
 fn pair_up(cfg: &EvalConfig) -> Result<Vec<Paired>> {
@@ -199,8 +299,14 @@ fn pair_up(cfg: &EvalConfig) -> Result<Vec<Paired>> {
         .collect())
 }
 
-fn scores_of(a: &RgbImage, a_path: &Path, b: &RgbImage, b_path: &Path) -> Result<Scores> {
-    metrics::score(a, b).map_err(|source| EvalError::Pair {
+fn scores_of(
+    a: &RgbImage,
+    a_path: &Path,
+    b: &RgbImage,
+    b_path: &Path,
+    protocol: &metrics::Protocol,
+) -> Result<Scores> {
+    metrics::score_with(a, b, protocol).map_err(|source| EvalError::Pair {
         a: a_path.to_path_buf(),
         b: b_path.to_path_buf(),
         source,
@@ -228,9 +334,31 @@ fn summaries(scores: &[Scores]) -> BTreeMap<String, MetricSummary> {
         .collect()
 }
 
+/// The pairs to score: a test set's layout, or the folders by stem.
+fn pairs_for(cfg: &EvalConfig) -> Result<(Vec<Paired>, Option<PairingInfo>)> {
+    if let Some((pairs, info)) = pair_test_set(cfg)? {
+        tracing::info!(
+            "{}: test set laid out as {}: {} pairs",
+            cfg.target.display(),
+            info.layout,
+            info.pairs
+        );
+        return Ok((pairs, Some(info)));
+    }
+    if cfg.pair.is_some() {
+        return Err(EvalError::Usage(
+            "--pair needs --target to be the test set's folder".into(),
+        ));
+    }
+    Ok((pair_up(cfg)?, None))
+}
+
 /// Scores every image and builds the report (no files written).
 pub fn evaluate(cfg: &EvalConfig) -> Result<Report> {
-    Ok(evaluate_pairs(cfg, pair_up(cfg)?)?.0)
+    let (pairs, info) = pairs_for(cfg)?;
+    let mut report = evaluate_pairs(cfg, pairs)?.0;
+    report.pairing = info;
+    Ok(report)
 }
 
 /// Scores `pairs`; `cfg` names their folders in the report.
@@ -241,9 +369,15 @@ fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<P
         .map(|(id, p, t, i)| -> Result<ImageScores> {
             let pred = image_io::load_rgb8(p)?;
             let target = image_io::load_rgb8(t)?;
-            let output = scores_of(&pred, p, &target, t)?;
+            let output = scores_of(&pred, p, &target, t, &cfg.protocol)?;
             let input = match i {
-                Some(ip) => Some(scores_of(&image_io::load_rgb8(ip)?, ip, &target, t)?),
+                Some(ip) => Some(scores_of(
+                    &image_io::load_rgb8(ip)?,
+                    ip,
+                    &target,
+                    t,
+                    &cfg.protocol,
+                )?),
                 None => None,
             };
             let gain = input.map(|inp| {
@@ -297,7 +431,8 @@ fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<P
             .collect()
     });
     let report = Report {
-        protocol: protocol(),
+        protocol: protocol_of(&cfg.protocol),
+        pairing: None,
         count: images.len(),
         pred: cfg.pred.display().to_string(),
         target: cfg.target.display().to_string(),
@@ -315,12 +450,14 @@ fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<P
 
 /// Scores, writes the report folder, and logs to Rerun when asked. Returns the report.
 pub fn run(cfg: &EvalConfig) -> Result<Report> {
-    run_pairs(cfg, pair_up(cfg)?)
+    let (pairs, info) = pairs_for(cfg)?;
+    run_pairs(cfg, pairs, info)
 }
 
 /// [`run`] on pairs found by the caller.
-fn run_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<Report> {
-    let (report, pairs) = evaluate_pairs(cfg, pairs)?;
+fn run_pairs(cfg: &EvalConfig, pairs: Vec<Paired>, pairing: Option<PairingInfo>) -> Result<Report> {
+    let (mut report, pairs) = evaluate_pairs(cfg, pairs)?;
+    report.pairing = pairing;
     let dir = &cfg.report;
     if dir.exists() && !dir.is_dir() {
         return Err(EvalError::NotADir { path: dir.clone() });
@@ -413,7 +550,29 @@ fn report_markdown(r: &Report, grid_ids: &[String]) -> String {
     use std::fmt::Write;
     let mut md = String::new();
     let _ = writeln!(md, "# raincheck evaluation\n");
+    let _ = writeln!(
+        md,
+        "- protocol: **{}** ({})",
+        r.protocol["name"].as_str().unwrap_or("?"),
+        r.protocol["description"].as_str().unwrap_or("")
+    );
     let _ = writeln!(md, "- outputs: `{}`\n- targets: `{}`", r.pred, r.target);
+    if let Some(p) = &r.pairing {
+        let _ = writeln!(
+            md,
+            "- test set layout: {} ({} pairs{})",
+            p.layout,
+            p.pairs,
+            if p.max_rainy_per_clean > 1 {
+                format!(
+                    ", up to {} rainy images per clean one",
+                    p.max_rainy_per_clean
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Some(i) = &r.input {
         let _ = writeln!(md, "- rainy inputs: `{i}`");
     }
@@ -565,6 +724,7 @@ pub struct ModelEvalConfig {
     pub preset: Option<String>,
     pub data: PathBuf,
     pub split: crate::dataset::Split,
+    pub protocol: metrics::Protocol,
     /// Report folder; the de-rained images go to its `outputs/` as `ID.png`.
     pub report: PathBuf,
     pub device: candle_core::Device,
@@ -626,11 +786,14 @@ pub fn run_model(cfg: &ModelEvalConfig) -> Result<Report> {
             pred: outputs,
             target: ds.root.join("clean"),
             input: Some(ds.root.join("rainy")),
+            pair: None,
+            protocol: cfg.protocol,
             report: cfg.report.clone(),
             rerun: cfg.rerun.clone(),
             jpeg_quality: cfg.jpeg_quality,
             progress: cfg.progress,
         },
         pairs,
+        None,
     )
 }

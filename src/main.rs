@@ -306,11 +306,15 @@ impl TileArgs {
 #[derive(Args)]
 struct DerainArgs {
     /// A run folder (from `raincheck train derain`) or a weight file (.safetensors, or a
-    /// PyTorch .pth such as PReNet's released models, with --arch).
+    /// PyTorch .pth in either torch.save format, such as PReNet's released models, with --arch).
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
     media: MediaArgs,
+    /// When --input is a test set whose layout is not detected: RAINY_GLOB=CLEAN_TEMPLATE, as
+    /// for `raincheck eval --pair` (only the rainy images are de-rained).
+    #[arg(long, value_name = "RAINY_GLOB=CLEAN_TEMPLATE")]
+    pair: Option<raincheck::pairing::PairPattern>,
     #[command(flatten)]
     model_args: ModelArgs,
 }
@@ -382,9 +386,31 @@ struct EvalArgs {
     /// Folder of de-rained outputs (any tool's).
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pred: Option<PathBuf>,
-    /// Folder of clean targets.
+    /// Folder of clean targets (paired with --pred by file stem), or a test set as it ships:
+    /// rain-NNN/norain-NNN in one folder (Rain100L/H), NNN_in/NNN_GT (Rain12), rainy/ + norain/
+    /// or input/ + target/ (Test100, Test1200, Restormer's folders), rainy_image/ +
+    /// ground_truth/ with several rainy images per clean one (Rain1400). For a test set its
+    /// rainy images are the inputs and each output is found by its rainy image's stem (as
+    /// `raincheck derain TESTSET` names them).
     #[arg(long, required_unless_present = "model")]
     target: Option<PathBuf>,
+    /// Pair a test set by pattern: RAINY_GLOB=CLEAN_TEMPLATE relative to --target, `*` in the
+    /// glob's file name, `{1}`, `{2}`… in the template for what the stars matched, e.g.
+    /// 'rainy_image/*_*.jpg=ground_truth/{1}.jpg'.
+    #[arg(
+        long,
+        value_name = "RAINY_GLOB=CLEAN_TEMPLATE",
+        conflicts_with = "model"
+    )]
+    pair: Option<raincheck::pairing::PairPattern>,
+    /// Scoring protocol: matlab-uint8 (Y of rgb2ycbcr on uint8, rounded, as Restormer's
+    /// evaluate_PSNR_SSIM.m) or matlab-double (Y on im2double images, unrounded, as PReNet's
+    /// and JORDER's statistic scripts). Recorded in every report.
+    #[arg(long, default_value = "matlab-uint8", value_parser = parse_protocol_name)]
+    protocol: String,
+    /// Pixels cropped from every side of both images before scoring (BasicSR's crop_border).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    crop_border: u32,
     /// Instead of --pred/--target: run this de-rainer (run folder or weight file) over a
     /// dataset split and score it; its outputs go to REPORT/outputs/.
     #[arg(long, requires = "data")]
@@ -660,6 +686,17 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
+fn parse_protocol_name(s: &str) -> Result<String, String> {
+    if raincheck::metrics::Protocol::NAMES.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "unknown protocol `{s}` (known: {})",
+            raincheck::metrics::Protocol::NAMES.join(", ")
+        ))
+    }
+}
+
 /// An error in what the user asked for (exit code 2), found after argument parsing.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -678,6 +715,16 @@ fn derain_err(e: raincheck::derain::DerainError) -> anyhow::Error {
     use raincheck::derain::DerainError as E;
     match e {
         E::Usage(_) | E::UnknownArch(_) | E::UnknownPreset { .. } => usage(e),
+        e => e.into(),
+    }
+}
+
+/// Usage mistakes in `eval` (a test set given with --input, a bad --preset) exit with 2.
+fn eval_err(e: raincheck::eval::EvalError) -> anyhow::Error {
+    use raincheck::eval::EvalError as E;
+    match e {
+        E::Usage(_) => usage(e),
+        E::Model(m) => derain_err(m),
         e => e.into(),
     }
 }
@@ -824,6 +871,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_json(&ds.info)?;
         }
         Command::Eval(a) => {
+            let protocol = raincheck::metrics::Protocol::from_name(&a.protocol, a.crop_border)
+                .expect("clap checked the name");
             let report = if let (Some(model), Some(data)) = (&a.model, &a.data) {
                 raincheck::eval::run_model(&raincheck::eval::ModelEvalConfig {
                     model: model.clone(),
@@ -831,13 +880,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     preset: a.model_args.preset.clone(),
                     data: data.clone(),
                     split: a.split,
+                    protocol,
                     report: a.report.clone(),
                     device: device(&a.model_args.device)?,
                     tiles: a.model_args.tiles.choice(),
                     rerun: a.rerun.target(),
                     jpeg_quality: a.rerun.rerun_jpeg_quality,
                     progress,
-                })?
+                })
+                .map_err(eval_err)?
             } else {
                 let (Some(pred), Some(target)) = (a.pred, a.target) else {
                     return Err(usage("give --pred and --target, or --model and --data"));
@@ -846,11 +897,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pred,
                     target,
                     input: a.input,
+                    pair: a.pair,
+                    protocol,
                     report: a.report.clone(),
                     rerun: a.rerun.target(),
                     jpeg_quality: a.rerun.rerun_jpeg_quality,
                     progress,
-                })?
+                })
+                .map_err(eval_err)?
             };
             println!("{}", raincheck::eval::summary_table(&report));
             println!("report: {}", a.report.display());
@@ -861,6 +915,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 arch: a.model_args.arch.clone(),
                 preset: a.model_args.preset.clone(),
                 input: a.media.input,
+                pair: a.pair,
                 out: a.media.out,
                 device: device(&a.model_args.device)?,
                 tiles: a.model_args.tiles.choice(),

@@ -1346,3 +1346,165 @@ fn cyclegan_trains_translates_and_generates() {
     let err = generate_fails(&clear, &t.path().join("ds2"), &["--rain", "cyclegan:"], 2);
     assert!(err.contains("cyclegan"), "{err}");
 }
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures")
+}
+
+/// A published network in PyTorch's legacy format, run over a Rain100-style test set and scored
+/// by a named protocol: the whole "reproduce a paper" path. Also `weights inspect/convert`, the
+/// converted file's identical outputs, and the refusals (a pickle that would run code, a test
+/// set given with --input).
+#[test]
+fn published_weights_on_a_test_set() {
+    let t = tempfile::tempdir().unwrap();
+    let fx = fixtures();
+    let legacy = fx.join("weights/prenet_paper_legacy.pth");
+    // inspect: format, architecture, preset.
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["weights", "inspect", s(&legacy)])).unwrap();
+    assert_eq!(info["format"], "pytorch-legacy");
+    assert_eq!(info["prefix_stripped"], true);
+    assert_eq!(info["parameters"], 168_963);
+    assert_eq!(
+        info["matches"][0],
+        serde_json::json!({"kind": "derainer", "arch": "prenet", "preset": "paper"})
+    );
+    // convert, once.
+    let st = t.path().join("prenet.safetensors");
+    let done: serde_json::Value =
+        serde_json::from_str(&ok(&["weights", "convert", s(&legacy), "--out", s(&st)])).unwrap();
+    assert_eq!(done["tensor_count"], 32);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["weights", "inspect", s(&st)])).unwrap();
+    assert_eq!(info["format"], "safetensors");
+    assert_eq!(info["matches"][0]["preset"], "paper");
+
+    // A Rain100-style test set: rain-00N / norain-00N in one folder.
+    let set = t.path().join("Rain100X");
+    std::fs::create_dir_all(&set).unwrap();
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::copy(
+            fx.join(format!("rain_{n}.png")),
+            set.join(format!("rain-00{}.png", i + 1)),
+        )
+        .unwrap();
+        std::fs::copy(
+            fx.join(format!("target_{n}.png")),
+            set.join(format!("norain-00{}.png", i + 1)),
+        )
+        .unwrap();
+    }
+    let (out_a, out_b) = (t.path().join("out_legacy"), t.path().join("out_st"));
+    for (model, out) in [(&legacy, &out_a), (&st, &out_b)] {
+        ok(&[
+            "derain",
+            "--model",
+            s(model),
+            "--arch",
+            "prenet",
+            "--input",
+            s(&set),
+            "--out",
+            s(out),
+        ]);
+    }
+    let mut names = names_containing(&out_a, ".png");
+    names.sort();
+    assert_eq!(names, ["rain-001.png", "rain-002.png", "rain-003.png"]);
+    for n in &names {
+        assert_eq!(
+            std::fs::read(out_a.join(n)).unwrap(),
+            std::fs::read(out_b.join(n)).unwrap(),
+            "{n}: legacy .pth and converted safetensors differ"
+        );
+    }
+    let rep = t.path().join("report");
+    let stdout = ok(&[
+        "eval",
+        "--pred",
+        s(&out_a),
+        "--target",
+        s(&set),
+        "--protocol",
+        "matlab-double",
+        "--crop-border",
+        "2",
+        "--report",
+        s(&rep),
+    ]);
+    assert!(stdout.contains("psnr_y"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["protocol"]["name"], "matlab-double+crop-border=2");
+    assert_eq!(
+        report["pairing"]["layout"],
+        "rain-ID / norain-ID in one folder"
+    );
+    assert_eq!(report["count"], 3);
+    assert!(
+        report["summary"]["quality_gain"]["psnr_y"].is_number(),
+        "{report}"
+    );
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(
+        md.contains("matlab-double+crop-border=2") && md.contains("rain-ID / norain-ID"),
+        "{md}"
+    );
+
+    // Refusals: a test set with --input (usage, 2); an output missing (1); a pickle that would
+    // run code (1, named, nothing run).
+    let err = fails(
+        &[
+            "eval",
+            "--pred",
+            s(&out_a),
+            "--target",
+            s(&set),
+            "--input",
+            s(&set),
+            "--report",
+            s(&rep),
+        ],
+        2,
+    );
+    assert!(err.contains("leave out --input"), "{err}");
+    std::fs::remove_file(out_a.join("rain-002.png")).unwrap();
+    let err = fails(
+        &[
+            "eval",
+            "--pred",
+            s(&out_a),
+            "--target",
+            s(&set),
+            "--report",
+            s(&rep),
+        ],
+        1,
+    );
+    assert!(err.contains("rain-002: no output"), "{err}");
+    let evil = fx.join("weights/forbidden_legacy.pth");
+    let err = fails(
+        &[
+            "derain",
+            "--model",
+            s(&evil),
+            "--arch",
+            "prenet",
+            "--input",
+            s(&set),
+            "--out",
+            s(&out_b),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("forbidden_legacy.pth") && err.contains("posix.system"),
+        "{err}"
+    );
+    let err = fails(
+        &["weights", "inspect", s(&fx.join("weights/wrap_none.pth"))],
+        1,
+    );
+    assert!(err.contains("[epoch, best_psnr, opts]"), "{err}");
+}

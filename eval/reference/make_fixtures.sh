@@ -16,3 +16,4 @@ for t in "$out"/target_*.png; do
 done
 rmdir "$tmp"
 "$py" eval/reference/metrics_reference.py score "$out"
+"$py" eval/reference/metrics_reference.py variants "$out"

@@ -6,6 +6,13 @@ data_range=255: an 11x11 window, whose result cropped by its radius is the 'vali
 
     eval/reference/metrics_reference.py make-inputs DIR   # targets, noise and blur cases (PNG)
     eval/reference/metrics_reference.py score DIR         # writes DIR/reference.json
+    eval/reference/metrics_reference.py variants DIR      # writes DIR/variants.json
+
+`variants` scores the same cases (and a JPEG-decoded prediction, jpeg_pred_a.jpg, against the
+crop it was encoded from) by the protocol variants raincheck names: `matlab-uint8` (the above),
+`matlab-double` (Y of rgb2ycbcr on im2double images, unrounded, PSNR with peak 1 as PReNet's
+statistic/psnr.m, SSIM on Y*255 as its ssim.m), each with and without a 4-pixel border crop
+(BasicSR's crop_border). Images are decoded by PIL (libjpeg-turbo for the JPEG).
 
 eval/reference/make_fixtures.sh runs both (and `raincheck rain` for the rain cases in between).
 """
@@ -94,6 +101,46 @@ def score(out):
     print(f"{len(cases)} cases written to {out / 'reference.json'}")
 
 
+def y_double(rgb8):
+    """MATLAB rgb2ycbcr(im2double(img)) Y, in [16/255, 235/255], unrounded."""
+    r, g, b = (rgb8[..., i].astype(np.float64) / 255.0 for i in range(3))
+    return (65.481 / 255.0) * r + (128.553 / 255.0) * g + (24.966 / 255.0) * b + 16.0 / 255.0
+
+
+def scores_variant(pred8, target8, y, crop):
+    if crop:
+        pred8, target8 = pred8[crop:-crop, crop:-crop], target8[crop:-crop, crop:-crop]
+    out = scores(pred8, target8)
+    if y == "matlab-double":
+        yp, yt = y_double(pred8), y_double(target8)
+        mse = float(np.mean((yp - yt) ** 2))
+        out["psnr_y"] = None if mse == 0 else 10 * np.log10(1.0 / mse)
+        out["ssim_y"] = ssim(yt * 255, yp * 255)
+    return out
+
+
+def variants(out):
+    name, frame, x, y, w, h = TARGETS[0]
+    src = np.asarray(Image.open(FRAMES / frame).convert("RGB"))[y:y + h, x:x + w]
+    Image.fromarray(src).save(out / "jpeg_pred_a.jpg", quality=75, subsampling=2)
+    pairs = [(f"{kind}_{n}.png", f"target_{n}.png")
+             for n, *_ in TARGETS for kind in ("noise", "blur", "rain")]
+    pairs.append(("jpeg_pred_a.jpg", f"target_{name}.png"))
+    cases = []
+    for pred_name, target_name in pairs:
+        pred = np.asarray(Image.open(out / pred_name).convert("RGB"))
+        target = np.asarray(Image.open(out / target_name).convert("RGB"))
+        for yv in ("matlab-uint8", "matlab-double"):
+            for crop in (0, 4):
+                cases.append({"pred": pred_name, "target": target_name, "y": yv,
+                              "crop_border": crop, **scores_variant(pred, target, yv, crop)})
+    (out / "variants.json").write_text(json.dumps({
+        "generator": "eval/reference/metrics_reference.py variants (numpy + scikit-image + PIL)",
+        "cases": cases,
+    }, indent=1) + "\n")
+    print(f"{len(cases)} cases written to {out / 'variants.json'}")
+
+
 if __name__ == "__main__":
     cmd, folder = sys.argv[1], pathlib.Path(sys.argv[2])
-    {"make-inputs": make_inputs, "score": score}[cmd](folder)
+    {"make-inputs": make_inputs, "score": score, "variants": variants}[cmd](folder)

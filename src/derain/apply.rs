@@ -14,8 +14,11 @@ pub struct DerainJob {
     pub model: PathBuf,
     pub arch: Option<String>,
     pub preset: Option<String>,
-    /// An image, a folder of images, or a video.
+    /// An image, a folder of images, a test set in one of [`crate::pairing`]'s layouts (its
+    /// rainy images are de-rained, each output named by its rainy image's stem), or a video.
     pub input: PathBuf,
+    /// Pairs the test set by pattern instead of detecting its layout.
+    pub pair: Option<crate::pairing::PairPattern>,
     /// Output folder (created).
     pub out: PathBuf,
     pub device: Device,
@@ -47,16 +50,30 @@ pub fn run(job: &DerainJob) -> Result<DerainSummary> {
         &job.device,
     )?;
     let tiling = job.tiles.resolve(&m.config);
-    map_media(
-        &job.input,
-        &job.out,
-        "de-raining",
-        job.progress,
-        &mut |img, path| {
-            check_size(&m, img, path)?;
-            super::derain_image(&m.model, img, &job.device, tiling)
-        },
-    )
+    let mut f = |img: &image_io::RgbImage, path: &Path| {
+        check_size(&m, img, path)?;
+        super::derain_image(&m.model, img, &job.device, tiling)
+    };
+    if job.input.is_dir() {
+        let set = crate::pairing::detect(&job.input, job.pair.as_ref())
+            .map_err(|e| path_err(&job.input, e.to_string()))?;
+        if let Some(set) = set {
+            tracing::info!(
+                "{}: test set laid out as {}: de-raining its {} rainy images",
+                job.input.display(),
+                set.layout,
+                set.pairs.len()
+            );
+            let images = set.pairs.into_iter().map(|p| (p.id, p.rainy)).collect();
+            return map_images(images, &job.out, "de-raining", job.progress, &mut f);
+        }
+    }
+    if job.pair.is_some() {
+        return Err(DerainError::Usage(
+            "--pair needs the input to be a test set's folder".into(),
+        ));
+    }
+    map_media(&job.input, &job.out, "de-raining", job.progress, &mut f)
 }
 
 /// What [`map_media`] applies: an image and the file it came from → the output image.
@@ -76,8 +93,6 @@ pub fn map_media(
         path: out.to_path_buf(),
         source,
     })?;
-    let mut model_s = 0.0;
-    let mut outputs = Vec::new();
     if input.is_dir() || image_io::is_image_path(input) {
         let images: Vec<(String, PathBuf)> = if input.is_dir() {
             image_io::images_by_stem(input)?.into_iter().collect()
@@ -87,26 +102,43 @@ pub fn map_media(
         if images.is_empty() {
             return Err(path_err(input, "contains no PNG or JPEG images"));
         }
-        let pb = crate::progress::bar(images.len() as u64, verb, progress);
-        for (stem, path) in &images {
-            let img = image_io::load_rgb8(path)?;
-            let t = std::time::Instant::now();
-            let result = f(&img, path)?;
-            model_s += t.elapsed().as_secs_f64();
-            let dst = out.join(format!("{stem}.png"));
-            image_io::save_png(&result, &dst)?;
-            outputs.push(dst);
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        let frames = outputs.len() as u64;
-        return Ok(DerainSummary {
-            outputs,
-            frames,
-            ms_per_frame: 1e3 * model_s / frames.max(1) as f64,
-        });
+        return map_images(images, out, verb, progress, f);
     }
     map_video(input, out, verb, progress, f)
+}
+
+/// Applies `f` to images given as (output stem, path): `OUT/STEM.png` each.
+pub fn map_images(
+    images: Vec<(String, PathBuf)>,
+    out: &Path,
+    verb: &'static str,
+    progress: bool,
+    f: &mut FrameFn,
+) -> Result<DerainSummary> {
+    std::fs::create_dir_all(out).map_err(|source| DerainError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut model_s = 0.0;
+    let mut outputs = Vec::new();
+    let pb = crate::progress::bar(images.len() as u64, verb, progress);
+    for (stem, path) in &images {
+        let img = image_io::load_rgb8(path)?;
+        let t = std::time::Instant::now();
+        let result = f(&img, path)?;
+        model_s += t.elapsed().as_secs_f64();
+        let dst = out.join(format!("{stem}.png"));
+        image_io::save_png(&result, &dst)?;
+        outputs.push(dst);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let frames = outputs.len() as u64;
+    Ok(DerainSummary {
+        outputs,
+        frames,
+        ms_per_frame: 1e3 * model_s / frames.max(1) as f64,
+    })
 }
 
 /// The input exists and the output can be a folder: checked before any model is loaded.

@@ -12,6 +12,12 @@
 //! - RGB variants: PSNR from the MSE over all three channels, SSIM as the mean of the three
 //!   channels' SSIM.
 //!
+//! That is the default protocol, `matlab-uint8`. [`Protocol`] names the variants the literature
+//! also uses, so that reports can say which one they follow:
+//! - `matlab-double`: Y of `rgb2ycbcr` on `im2double` images, unrounded (PReNet's and JORDER's
+//!   statistic scripts: `psnr` with peak 1 on Y in [16/255, 235/255], `ssim` on Y·255);
+//! - a border crop of N pixels on every side before scoring (BasicSR's `crop_border`).
+//!
 //! Everything accumulates in f64. Pure math on images: no files.
 
 use rand::{Rng, SeedableRng};
@@ -36,6 +42,8 @@ pub enum MetricsError {
     SizeMismatch { a: (u32, u32), b: (u32, u32) },
     #[error("image is {}x{}; SSIM needs at least 11x11", size.0, size.1)]
     TooSmall { size: (u32, u32) },
+    #[error("image is {}x{}; a border crop of {border} leaves nothing", size.0, size.1)]
+    CropTooLarge { size: (u32, u32), border: u32 },
 }
 
 /// The four metrics of one image against its reference. PSNR is `f64::INFINITY` for identical
@@ -79,6 +87,53 @@ pub mod inf_as_null {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
+}
+
+/// How the luma plane is made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum YMode {
+    /// `rgb2ycbcr` on uint8 images: Y rounded to integers (Restormer's evaluate_PSNR_SSIM.m).
+    #[default]
+    MatlabUint8,
+    /// `rgb2ycbcr` on `im2double` images: Y unrounded (PReNet's and JORDER's scripts).
+    MatlabDouble,
+}
+
+/// A scoring protocol: the Y variant and a border crop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protocol {
+    pub y: YMode,
+    /// Pixels removed from every side of both images before scoring (BasicSR's
+    /// `crop_border`); 0 for none.
+    pub crop_border: u32,
+}
+
+impl Protocol {
+    /// The names `--protocol` takes.
+    pub const NAMES: [&'static str; 2] = ["matlab-uint8", "matlab-double"];
+
+    pub fn from_name(name: &str, crop_border: u32) -> Option<Self> {
+        let y = match name {
+            "matlab-uint8" => YMode::MatlabUint8,
+            "matlab-double" => YMode::MatlabDouble,
+            _ => return None,
+        };
+        Some(Protocol { y, crop_border })
+    }
+
+    /// `matlab-uint8`, `matlab-double`, with `+crop-border=N` when cropping.
+    pub fn name(&self) -> String {
+        let y = match self.y {
+            YMode::MatlabUint8 => "matlab-uint8",
+            YMode::MatlabDouble => "matlab-double",
+        };
+        if self.crop_border > 0 {
+            format!("{y}+crop-border={}", self.crop_border)
+        } else {
+            y.to_string()
+        }
     }
 }
 
@@ -227,6 +282,105 @@ pub fn score(pred: &RgbImage, target: &RgbImage) -> Result<Scores, MetricsError>
     })
 }
 
+/// All four metrics by `protocol` (see the module docs); [`score`] is the default protocol.
+pub fn score_with(
+    pred: &RgbImage,
+    target: &RgbImage,
+    protocol: &Protocol,
+) -> Result<Scores, MetricsError> {
+    if pred.dimensions() != target.dimensions() {
+        return Err(MetricsError::SizeMismatch {
+            a: pred.dimensions(),
+            b: target.dimensions(),
+        });
+    }
+    let c = protocol.crop_border;
+    let cropped;
+    let (pred, target) = if c > 0 {
+        let (w, h) = pred.dimensions();
+        if w <= 2 * c || h <= 2 * c {
+            return Err(MetricsError::CropTooLarge {
+                size: (w, h),
+                border: c,
+            });
+        }
+        let crop =
+            |img: &RgbImage| image::imageops::crop_imm(img, c, c, w - 2 * c, h - 2 * c).to_image();
+        cropped = (crop(pred), crop(target));
+        (&cropped.0, &cropped.1)
+    } else {
+        (pred, target)
+    };
+    let mut scores = score(pred, target)?;
+    if protocol.y == YMode::MatlabDouble {
+        let (yp, yt) = (y_double(pred), y_double(target));
+        let (w, h) = (pred.width() as usize, pred.height() as usize);
+        let mse = yp
+            .iter()
+            .zip(&yt)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            / yp.len() as f64;
+        scores.psnr_y = if mse == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (1.0 / mse).log10()
+        };
+        let scaled = |v: Vec<f64>| v.into_iter().map(|y| y * 255.0).collect::<Vec<_>>();
+        scores.ssim_y = ssim_f64(&scaled(yp), &scaled(yt), w, h);
+    }
+    Ok(scores)
+}
+
+/// MATLAB `rgb2ycbcr(im2double(img))`'s Y, in [16/255, 235/255], unrounded.
+pub fn y_double(img: &RgbImage) -> Vec<f64> {
+    let (kr, kg, kb) = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0);
+    img.pixels()
+        .map(|p| {
+            let [r, g, b] = p.0.map(|v| v as f64 / 255.0);
+            kr * r + kg * g + kb * b + 16.0 / 255.0
+        })
+        .collect()
+}
+
+/// SSIM of two f64 planes (values on a 0–255 scale, L = 255) with the protocol's window and
+/// constants over the valid region: Wang et al.'s `ssim.m` on doubles.
+pub fn ssim_f64(a: &[f64], b: &[f64], width: usize, height: usize) -> f64 {
+    let g = gaussian_window();
+    let (ow, oh) = (width + 1 - SSIM_WINDOW, height + 1 - SSIM_WINDOW);
+    // Separable filtering of the five statistics: rows, then columns, 'valid'.
+    let stats = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
+        let mut rows = vec![0.0; ow * height];
+        for y in 0..height {
+            for x in 0..ow {
+                rows[y * ow + x] = (0..SSIM_WINDOW).map(|k| g[k] * f(y * width + x + k)).sum();
+            }
+        }
+        let mut out = vec![0.0; ow * oh];
+        for y in 0..oh {
+            for x in 0..ow {
+                out[y * ow + x] = (0..SSIM_WINDOW)
+                    .map(|k| g[k] * rows[(y + k) * ow + x])
+                    .sum();
+            }
+        }
+        out
+    };
+    let mu_a = stats(&|i| a[i]);
+    let mu_b = stats(&|i| b[i]);
+    let aa = stats(&|i| a[i] * a[i]);
+    let bb = stats(&|i| b[i] * b[i]);
+    let ab = stats(&|i| a[i] * b[i]);
+    let mut sum = 0.0;
+    for i in 0..ow * oh {
+        let (ma, mb) = (mu_a[i], mu_b[i]);
+        let (va, vb, cov) = (aa[i] - ma * ma, bb[i] - mb * mb, ab[i] - ma * mb);
+        sum +=
+            ((2.0 * ma * mb + C1) * (2.0 * cov + C2)) / ((ma * ma + mb * mb + C1) * (va + vb + C2));
+    }
+    sum / (ow * oh) as f64
+}
+
 /// `psnr_y` and `ssim_y` only (the protocol's headline pair).
 pub fn score_y(pred: &RgbImage, target: &RgbImage) -> Result<(f64, f64), MetricsError> {
     check(pred, target)?;
@@ -350,6 +504,63 @@ mod tests {
             }
         }
         eprintln!("largest difference from the reference: {worst:e}");
+    }
+
+    /// The protocol variants (and a JPEG prediction, decoded as PIL decodes it) against the
+    /// independent reference (`metrics_reference.py variants`).
+    #[test]
+    fn protocol_variants_match_the_reference() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures");
+        let text = std::fs::read_to_string(dir.join("variants.json")).unwrap();
+        let refs: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let cases = refs["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 40);
+        let mut worst = 0.0f64;
+        for case in cases {
+            let load =
+                |k: &str| crate::image_io::load_rgb8(&dir.join(case[k].as_str().unwrap())).unwrap();
+            let protocol = Protocol::from_name(
+                case["y"].as_str().unwrap(),
+                case["crop_border"].as_u64().unwrap() as u32,
+            )
+            .unwrap();
+            let got = score_with(&load("pred"), &load("target"), &protocol).unwrap();
+            for m in METRICS {
+                let (want, v) = (case[m].as_f64().unwrap(), got.get(m).unwrap());
+                assert!(
+                    (v - want).abs() <= 1e-6,
+                    "{} {}: {m} = {v}, want {want}",
+                    case["pred"],
+                    protocol.name()
+                );
+                worst = worst.max((v - want).abs());
+            }
+        }
+        eprintln!("largest difference from the reference: {worst:e}");
+        // The variants differ by more than the tolerance: the test tells them apart.
+        let a = |y: &str, c: u64, m: &str| {
+            cases
+                .iter()
+                .find(|k| k["pred"] == "noise_a.png" && k["y"] == y && k["crop_border"] == c)
+                .unwrap()[m]
+                .as_f64()
+                .unwrap()
+        };
+        assert!((a("matlab-uint8", 0, "psnr_y") - a("matlab-double", 0, "psnr_y")).abs() > 1e-3);
+        assert!((a("matlab-uint8", 0, "ssim_y") - a("matlab-uint8", 4, "ssim_y")).abs() > 1e-3);
+        let too_small = score_with(
+            &load_png(&dir, "target_a.png"),
+            &load_png(&dir, "target_a.png"),
+            &Protocol {
+                y: YMode::MatlabDouble,
+                crop_border: 40,
+            },
+        );
+        assert!(matches!(too_small, Err(MetricsError::CropTooLarge { .. })));
+    }
+
+    fn load_png(dir: &std::path::Path, name: &str) -> RgbImage {
+        crate::image_io::load_rgb8(&dir.join(name)).unwrap()
     }
 
     #[test]

@@ -592,6 +592,7 @@ fn evaluate(
         preset: is_file.then(|| "paper".to_string()),
         data: data.to_path_buf(),
         split: dataset::Split::Test,
+        protocol: crate::metrics::Protocol::default(),
         report: report.to_path_buf(),
         device: cfg.device.clone(),
         tiles: TileChoice {
