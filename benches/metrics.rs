@@ -1,5 +1,6 @@
 //! psnr_y + ssim_y of one 1280x720 pair (Y conversion included), single thread; and 8 pairs
-//! scored in parallel. The peer (scikit-image) is timed by `tools/bench_metrics_skimage.py`;
+//! scored in parallel. And decoding a 960x540 camera JPEG: raincheck's libjpeg-turbo path
+//! against the `image` crate's decoder it replaced (PIL's time: `tools/bench_jpeg_pil.py`). The peer (scikit-image) is timed by `tools/bench_metrics_skimage.py`;
 //! `tools/bench.sh` runs both.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -53,6 +54,25 @@ fn bench(c: &mut Criterion) {
                 .par_iter()
                 .map(|(p, t)| metrics::score_y(p, t).unwrap())
                 .collect::<Vec<_>>()
+        })
+    });
+    g.finish();
+
+    let jpeg = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("datasets/samples/frames/udacity_challange00101.jpg"),
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("jpeg_decode_960x540");
+    let p = std::path::Path::new("frame.jpg");
+    g.bench_function("libjpeg-turbo", |b| {
+        b.iter(|| image_io::decode_rgb8(&jpeg, p).unwrap())
+    });
+    g.bench_function("image-crate", |b| {
+        b.iter(|| {
+            image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+                .unwrap()
+                .to_rgb8()
         })
     });
     g.finish();
