@@ -4,7 +4,8 @@
 //!   `001_in.png` / `001_GT.png` (Rain12 as Li et al. released it);
 //! - **subfolders**: `rainy/` + `norain/`, `input/` + `target/` (Restormer's Test100, Test1200,
 //!   Rain100H/L folders), `rain/` + `norain/`, `rainy/` + `gt/`, `input/` + `gt/`, with one
-//!   rainy image per clean one by file stem, or **many rainy per clean** (Rain1400:
+//!   rainy image per clean one by file stem (or `rain-ID` inside against `norain-ID`, as some
+//!   copies of Rain100 keep their prefixes), or **many rainy per clean** (Rain1400:
 //!   `rainy_image/901_1.jpg` … `901_14.jpg` against `ground_truth/901.jpg`);
 //! - a **pattern** the user gives, `RAINY_GLOB=CLEAN_TEMPLATE` (`--pair`), relative to the
 //!   folder: `*` in the glob's file name matches any run of characters (shortest first), and
@@ -272,15 +273,30 @@ fn by_subfolders(dir: &Path, rainy: &str, clean: &str) -> Result<Pairing> {
     let mut missing = Vec::new();
     let mut many = false;
     for (stem, path) in &rain_files {
-        // The same stem, or Rain1400's `ID_K` for clean `ID`.
-        let target = clean_files.get(stem).or_else(|| {
-            let (base, k) = stem.rsplit_once('_')?;
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            many = true;
-            clean_files.get(base)
-        });
+        // The same stem; `rain-ID` for `norain-ID` (and `ID_in` for `ID_GT`), as some copies of
+        // Rain100 keep the prefixes inside rain/ + norain/; or Rain1400's `ID_K` for `ID`.
+        let target = clean_files
+            .get(stem)
+            .or_else(|| {
+                AFFIXES.iter().find_map(|&(kind, r, c)| {
+                    let key = match kind {
+                        Affix::Prefix => stem.strip_prefix(r)?,
+                        Affix::Suffix => stem.strip_suffix(r)?,
+                    };
+                    clean_files.get(&match kind {
+                        Affix::Prefix => format!("{c}{key}"),
+                        Affix::Suffix => format!("{key}{c}"),
+                    })
+                })
+            })
+            .or_else(|| {
+                let (base, k) = stem.rsplit_once('_')?;
+                if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                many = true;
+                clean_files.get(base)
+            });
         match target {
             Some(c) => pairs.push(Pair {
                 id: stem.clone(),

@@ -374,14 +374,19 @@ mod tests {
     /// and the output matches PyTorch's on a non-square input.
     #[test]
     fn generator_matches_pytorch_reference() {
-        let g = load_generator(&fixture("generator_ngf8_b2.pth"), None, &Device::Cpu).unwrap();
-        assert_eq!(g.generator.config(), GeneratorConfig { ngf: 8, blocks: 2 });
-        let x = npy("generator_input.npy");
-        let want = npy("generator_output.npy");
-        let got = g.generator.forward(&x).unwrap();
-        assert_eq!(got.dims(), want.dims());
-        let d = max_abs_diff(&got, &want);
-        assert!(d < 1e-4, "max abs difference {d}");
+        // The zip file, and the same weights saved by PyTorch in the legacy format.
+        let legacy = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("eval/reference/fixtures/weights/generator_ngf8_b2_legacy.pth");
+        for path in [fixture("generator_ngf8_b2.pth"), legacy] {
+            let g = load_generator(&path, None, &Device::Cpu).unwrap();
+            assert_eq!(g.generator.config(), GeneratorConfig { ngf: 8, blocks: 2 });
+            let x = npy("generator_input.npy");
+            let want = npy("generator_output.npy");
+            let got = g.generator.forward(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-4, "{}: max abs difference {d}", path.display());
+        }
     }
 
     #[test]

@@ -803,21 +803,23 @@ mod tests {
     /// (eval/reference/prenet_reference.py).
     #[test]
     fn prenet_matches_its_pytorch_twin() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures/prenet");
-        let m = load(
-            &dir.join("prenet_paper.pth"),
-            Some("prenet"),
-            Some("paper"),
-            &Device::Cpu,
-        )
-        .unwrap();
-        assert_eq!(m.params.count(), 168_963);
-        let x = Tensor::read_npy(dir.join("input.npy")).unwrap();
-        let want = Tensor::read_npy(dir.join("output.npy")).unwrap();
-        let got = m.model.forward(&x).unwrap();
-        let err = d(&got, &want);
-        assert!(err <= 1e-4, "max abs error {err}");
-        eprintln!("PReNet vs PyTorch: max abs error {err:e}");
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures");
+        let dir = fx.join("prenet");
+        // The zip file, and the same weights saved by PyTorch in the legacy format (the format
+        // of the authors' released files).
+        for path in [
+            dir.join("prenet_paper.pth"),
+            fx.join("weights/prenet_paper_legacy.pth"),
+        ] {
+            let m = load(&path, Some("prenet"), Some("paper"), &Device::Cpu).unwrap();
+            assert_eq!(m.params.count(), 168_963);
+            let x = Tensor::read_npy(dir.join("input.npy")).unwrap();
+            let want = Tensor::read_npy(dir.join("output.npy")).unwrap();
+            let got = m.model.forward(&x).unwrap();
+            let err = d(&got, &want);
+            assert!(err <= 1e-4, "{}: max abs error {err}", path.display());
+            eprintln!("PReNet vs PyTorch: max abs error {err:e}");
+        }
     }
 
     #[test]
