@@ -272,7 +272,7 @@ mod tests {
     }
 
     fn hex(bytes: &[u8]) -> String {
-        crate::dataset::sha256_hex(bytes)[..16].to_string()
+        crate::ids::sha256_hex(bytes)[..16].to_string()
     }
 
     /// The kept corpus and the seeds: no panic, within the memory bound.

@@ -10,13 +10,19 @@ pub mod derain;
 pub mod eval;
 #[cfg(test)]
 mod fuzz;
+pub mod generate;
+pub mod ids;
 pub mod image_io;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod nn;
+pub mod optim;
 pub mod pairing;
 pub mod progress;
 pub mod rain;
 pub mod registry;
+pub mod runs;
 pub mod runtime;
 mod simd;
 pub mod stream;

@@ -805,12 +805,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Generate(a) => {
-            let method =
-                dataset::RainMethod::parse(&a.rain, &a.params.set).map_err(|e| match e {
+            let method = raincheck::generate::RainMethod::parse(&a.rain, &a.params.set).map_err(
+                |e| match e {
                     dataset::DatasetError::Flag { .. } | dataset::DatasetError::Rain(_) => usage(e),
                     other => other.into(),
-                })?;
-            let cfg = dataset::GenerateConfig {
+                },
+            )?;
+            let cfg = raincheck::generate::GenerateConfig {
                 clear: a.clear,
                 out: a.out,
                 method,
@@ -823,7 +824,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 skip_bad: a.skip_bad,
                 progress,
             };
-            let s = dataset::generate(&cfg)?;
+            let s = raincheck::generate::generate(&cfg)?;
             if s.already_complete {
                 println!("{}: already complete, {} pairs", s.out.display(), s.pairs);
             } else {

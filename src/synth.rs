@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::dataset::{DatasetError, Result};
+use crate::ids::mix_seed;
 use crate::image_io;
-use crate::rain::{mix_seed, DepthMap, RainParams, RainRenderer};
+use crate::rain::{DepthMap, RainParams, RainRenderer};
 
 pub struct RainJob {
     /// An image, a folder of images, or a video.
@@ -34,7 +35,7 @@ pub struct RainSummary {
 
 /// The seed of the rain on a still image with this stem (shared with `generate`).
 pub fn image_seed(seed: u64, stem: &str) -> u64 {
-    mix_seed(seed, crate::dataset::id_hash("raincheck-rain", stem))
+    mix_seed(seed, crate::ids::id_hash("raincheck-rain", stem))
 }
 
 pub fn run(job: &RainJob) -> Result<RainSummary> {

@@ -7,6 +7,7 @@
 //! `model.10.conv_block.1.weight`, …), a file format: a checkpoint trained with the reference code
 //! loads unchanged ([`load_generator`]), and ours load into it.
 
+pub mod run;
 pub mod train;
 pub mod translate;
 

@@ -35,8 +35,8 @@ pub struct TranslateJob {
 /// The generator file of a run folder for a direction.
 pub fn generator_file(run: &Path, direction: Direction) -> PathBuf {
     run.join(match direction {
-        Direction::ClearToRainy => super::train::G_CLEAR_TO_RAINY,
-        Direction::RainyToClear => super::train::G_RAINY_TO_CLEAR,
+        Direction::ClearToRainy => super::run::G_CLEAR_TO_RAINY,
+        Direction::RainyToClear => super::run::G_RAINY_TO_CLEAR,
     })
 }
 
@@ -44,7 +44,7 @@ pub fn generator_file(run: &Path, direction: Direction) -> PathBuf {
 /// the weights) or a weight file.
 pub fn load_for(model: &Path, direction: Direction, device: &Device) -> Result<Generator> {
     if model.is_dir() {
-        let cfg = super::train::RunConfig::read(model)?;
+        let cfg = super::run::RunConfig::read(model)?;
         let file = generator_file(model, direction);
         Ok(load_generator(&file, Some(cfg.generator), device)?.generator)
     } else {

@@ -12,7 +12,6 @@
 //! ones between splits; shards ([`Shard`]) partition ids the same way, so shards generated on
 //! different machines merge into one dataset.
 
-pub mod generate;
 pub mod inspect;
 pub mod ops;
 pub mod reader;
@@ -20,10 +19,9 @@ pub mod reader;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use crate::ids::{id_hash, id_unit, sha256_hex};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-pub use generate::{generate, GenerateConfig, GenerateSummary, RainMethod};
 pub use inspect::{inspect, InspectConfig};
 pub use ops::{merge, verify, VerifyReport};
 pub use reader::{PairBatch, PairReader, ReaderConfig};
@@ -58,8 +56,10 @@ pub enum DatasetError {
     Image(#[from] crate::image_io::ImageIoError),
     #[error(transparent)]
     Rain(#[from] crate::rain::RainError),
+    /// A producer's error (the CycleGAN generator of `generate --rain cyclegan:`): the format
+    /// knows no model, so it carries it boxed.
     #[error(transparent)]
-    Model(#[from] crate::derain::DerainError),
+    Model(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]
@@ -164,21 +164,6 @@ impl std::fmt::Display for SplitRatios {
     }
 }
 
-/// A uniform number in [0, 1) from a salted SHA-256 of an id: stable across versions and machines.
-pub fn id_unit(salt: &str, id: &str) -> f64 {
-    id_hash(salt, id) as f64 / 2f64.powi(64)
-}
-
-/// The salted 64-bit hash behind splits, shards and per-image rain seeds.
-pub fn id_hash(salt: &str, id: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(salt.as_bytes())
-        .chain_update(b":")
-        .chain_update(id.as_bytes())
-        .finalize();
-    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
 /// The split of a pair, decided by its id alone.
 pub fn split_for(id: &str, ratios: SplitRatios) -> Split {
     let u = id_unit("raincheck-split", id);
@@ -263,6 +248,26 @@ pub struct PairRecord {
     pub source: String,
 }
 
+/// Everything that determines a generated dataset's content. Stored in `dataset.toml`; a rerun
+/// into the same folder must match it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSpec {
+    /// The clear source as given (folder or video).
+    pub clear: String,
+    pub rain: String,
+    #[serde(default)]
+    pub overrides: Vec<String>,
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    pub split: [f64; 3],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// For a video source: every how many frames a pair is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<u64>,
+}
+
 /// `dataset.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DatasetInfo {
@@ -273,7 +278,7 @@ pub struct DatasetInfo {
     /// Distinct methods of the pairs (`physical:heavy`, …).
     pub methods: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<generate::GenerationSpec>,
+    pub generation: Option<GenerationSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
 }
@@ -400,23 +405,12 @@ pub fn parse_manifest(text: &str, path: &Path) -> Result<Vec<PairRecord>> {
     Ok(out)
 }
 
-/// Hex SHA-256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in d {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// Writes records (sorted by id) as `manifest.jsonl`, then `dataset.toml` with their counts
 /// and the given provenance, each atomically; returns the info written.
 pub(crate) fn write_dataset(
     root: &Path,
     records: &mut [PairRecord],
-    generation: Option<generate::GenerationSpec>,
+    generation: Option<GenerationSpec>,
     merged_from: Vec<String>,
 ) -> Result<DatasetInfo> {
     records.sort_by(|a, b| a.id.cmp(&b.id));

@@ -161,7 +161,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, progress: bool) -> Result<DatasetIn
         // Shards of one generation merge back into that generation (without the shard).
         let gens: Vec<_> = sets.iter().map(|d| d.info.generation.clone()).collect();
         if let Some(Some(first)) = gens.first() {
-            let strip = |g: &super::generate::GenerationSpec| {
+            let strip = |g: &super::GenerationSpec| {
                 let mut g = g.clone();
                 g.shard = None;
                 g

@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
 use super::{Dataset, DatasetError, PairRecord, Result, Split};
+use crate::ids::mix_seed;
 use crate::image_io::{self, RgbImage};
-use crate::rain::mix_seed;
 
 #[derive(Clone, Debug)]
 pub struct ReaderConfig {

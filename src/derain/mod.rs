@@ -20,8 +20,8 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::mix_seed;
 use crate::image_io::{self, RgbImage};
-use crate::rain::mix_seed;
 
 /// The run folder's model description.
 pub const CONFIG_FILE: &str = "config.json";

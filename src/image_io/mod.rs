@@ -617,7 +617,7 @@ mod jpeg_vs_pil {
         for (name, want) in frames {
             let img = load_rgb8(&root().join("datasets/samples/frames").join(name)).unwrap();
             assert_eq!(
-                crate::dataset::sha256_hex(img.as_raw()),
+                crate::ids::sha256_hex(img.as_raw()),
                 want.as_str().unwrap(),
                 "{name}"
             );

@@ -196,15 +196,7 @@ pub struct RainRenderer {
     wrap_margin: f32,
 }
 
-/// SplitMix64 finaliser: derives independent seeds from one seed and a salt.
-pub fn mix_seed(seed: u64, salt: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use crate::ids::mix_seed;
 
 /// For each of `w` full-resolution columns: the low-res column to its left and the weight of
 /// the one to its right (linear interpolation between low-res pixel centres).

@@ -443,10 +443,10 @@ fn split_parts(clear: &Path, out: &Path, real_rainy: bool) -> Result<Parts> {
 }
 
 fn generate(cfg: &StudyConfig, plan: &Plan, clear: &Path, out: &Path, rain: &str) -> Result<()> {
-    let gen = dataset::GenerateConfig {
+    let gen = crate::generate::GenerateConfig {
         clear: clear.to_path_buf(),
         out: out.to_path_buf(),
-        method: dataset::RainMethod::parse(rain, &[])?,
+        method: crate::generate::RainMethod::parse(rain, &[])?,
         overrides: Vec::new(),
         seed: cfg.seed,
         size: Some(plan.size),
@@ -456,7 +456,7 @@ fn generate(cfg: &StudyConfig, plan: &Plan, clear: &Path, out: &Path, rain: &str
         skip_bad: false,
         progress: cfg.progress,
     };
-    let s = dataset::generate(&gen)?;
+    let s = crate::generate::generate(&gen)?;
     tracing::info!("{}: {} pairs", out.display(), s.pairs);
     let ds = dataset::Dataset::open(out)?;
     for split in [
@@ -488,7 +488,7 @@ fn render_domain(cfg: &StudyConfig, parts: &Parts, out: &Path) -> Result<PathBuf
         input: parts.dir("domain"),
         out: dir.clone(),
         params: crate::rain::RainParams::preset(crate::rain::Preset::Heavy),
-        seed: crate::rain::mix_seed(cfg.seed, 0x005e_edd0),
+        seed: crate::ids::mix_seed(cfg.seed, 0x005e_edd0),
         depth: None,
         depth_scale: 1000.0,
         progress: cfg.progress,

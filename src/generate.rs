@@ -10,16 +10,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{
-    io_err, split_for, write_dataset, DatasetError, DatasetInfo, PairHashes, PairRecord, Result,
-    Shard, SplitRatios, DATASET_TOML,
+use crate::dataset::{
+    io_err, split_for, write_dataset, DatasetError, DatasetInfo, GenerationSpec, PairHashes,
+    PairRecord, Result, Shard, SplitRatios, DATASET_TOML,
 };
 use crate::image_io::{self, RgbImage};
 use crate::rain::{Preset, RainParams, RainRenderer};
 
 const SPEC_FILE: &str = ".generate.json";
+
+fn model_err(e: crate::derain::DerainError) -> DatasetError {
+    DatasetError::Model(Box::new(e))
+}
 const JOURNAL: &str = ".journal.jsonl";
 
 /// How the rainy half of each pair is made.
@@ -75,10 +79,12 @@ impl RainMethod {
                     });
                 }
                 let hash = if model.is_dir() {
-                    crate::cyclegan::train::RunConfig::read(&model)?.hash()
+                    crate::cyclegan::run::RunConfig::read(&model)
+                        .map_err(model_err)?
+                        .hash()
                 } else {
                     let bytes = std::fs::read(&model).map_err(io_err(&model))?;
-                    super::sha256_hex(&bytes)[..16].to_string()
+                    crate::ids::sha256_hex(&bytes)[..16].to_string()
                 };
                 Ok(RainMethod::Cyclegan { model, hash })
             }
@@ -97,26 +103,7 @@ impl RainMethod {
     }
 }
 
-/// Everything that determines a generated dataset's content. Stored in `dataset.toml`; a rerun
-/// into the same folder must match it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GenerationSpec {
-    /// The clear source as given (folder or video).
-    pub clear: String,
-    pub rain: String,
-    #[serde(default)]
-    pub overrides: Vec<String>,
-    pub seed: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<String>,
-    pub split: [f64; 3],
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shard: Option<String>,
-    /// For a video source: every how many frames a pair is made.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub every: Option<u64>,
-}
-
+/// What `raincheck generate` does, fully specified.
 pub struct GenerateConfig {
     /// A folder of clear images, or a video file.
     pub clear: PathBuf,
@@ -201,7 +188,7 @@ fn prepare_out(out: &Path, spec: &GenerationSpec) -> Result<Option<DatasetInfo>>
         ));
     }
     if out.join(DATASET_TOML).is_file() {
-        let ds = super::Dataset::open(out)?;
+        let ds = crate::dataset::Dataset::open(out)?;
         return match &ds.info.generation {
             Some(g) if g == spec => Ok(Some(ds.info)),
             _ => Err(path_err(
@@ -437,7 +424,8 @@ impl PairWriter<'_> {
                     &clean,
                     &candle_core::Device::Cpu,
                     None,
-                )?;
+                )
+                .map_err(model_err)?;
                 (rainy, "cyclegan", None, about.clone())
             }
         };
@@ -461,8 +449,8 @@ impl PairWriter<'_> {
             width: w,
             height: h,
             sha256: PairHashes {
-                clean: super::sha256_hex(&clean_bytes),
-                rainy: super::sha256_hex(&rainy_bytes),
+                clean: crate::ids::sha256_hex(&clean_bytes),
+                rainy: crate::ids::sha256_hex(&rainy_bytes),
             },
             source,
         };
@@ -512,7 +500,8 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary> {
         },
         RainMethod::Cyclegan { model, hash } => {
             use crate::cyclegan::translate::{load_for, Direction};
-            let generator = load_for(model, Direction::ClearToRainy, &candle_core::Device::Cpu)?;
+            let generator = load_for(model, Direction::ClearToRainy, &candle_core::Device::Cpu)
+                .map_err(model_err)?;
             let g = generator.config();
             let about = serde_json::json!({
                 "model": model.display().to_string(),
