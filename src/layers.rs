@@ -7,10 +7,10 @@
 pub const LAYERS: &[(&str, u32)] = &[
     // Leaves: no imports from the crate.
     ("ids", 0),
+    // The kernel crate `raincheck-nn`, re-exported as `nn`.
     ("nn", 0),
     ("progress", 0),
     ("runtime", 0),
-    ("simd", 0),
     // Pixels and files in and out, formats, sinks, pure math.
     ("image_io", 1),
     ("metrics", 2),

@@ -16,7 +16,8 @@ pub mod image_io;
 #[cfg(test)]
 mod layers;
 pub mod metrics;
-pub mod nn;
+/// The kernels and layers (the workspace crate `raincheck-nn`).
+pub use raincheck_nn as nn;
 pub mod optim;
 pub mod pairing;
 pub mod progress;
@@ -24,7 +25,6 @@ pub mod rain;
 pub mod registry;
 pub mod runs;
 pub mod runtime;
-mod simd;
 pub mod stream;
 pub mod study;
 pub mod synth;

@@ -184,7 +184,7 @@ mod x86 {
         // SAFETY: every load reads 48 bytes of block `i < blocks` and every store writes 16 bytes
         // of it, inside `rgb` and `out`.
         unsafe {
-            let rgb16 = crate::simd::Rgb16::new();
+            let rgb16 = crate::nn::simd::Rgb16::new();
             let (wr, wg, wb) = (
                 _mm512_set1_epi32(65481),
                 _mm512_set1_epi32(128553),

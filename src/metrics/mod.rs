@@ -151,7 +151,7 @@ pub fn y_plane(img: &RgbImage) -> Plane {
     #[allow(unused_mut)]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx512_vbmi() {
+    if crate::nn::simd::has_avx512_vbmi() {
         // SAFETY: the CPU supports the features the function is compiled for.
         done = unsafe { kernels::luma_avx512(rgb, &mut data) };
     }
@@ -238,11 +238,11 @@ pub fn ssim(a: &Plane, b: &Plane) -> f64 {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if crate::nn::simd::has_avx512f() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { ssim_avx512(a, b) };
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if crate::nn::simd::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { ssim_avx2(a, b) };
         }
@@ -574,10 +574,10 @@ mod tests {
         // Every build the dispatcher may pick on this CPU agrees.
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if crate::nn::simd::has_avx2_fma() {
                 assert!((unsafe { ssim_avx2(&ya, &yb) } - naive).abs() < 1e-12);
             }
-            if is_x86_feature_detected!("avx512f") {
+            if crate::nn::simd::has_avx512f() {
                 assert!((unsafe { ssim_avx512(&ya, &yb) } - naive).abs() < 1e-12);
             }
         }

@@ -215,10 +215,10 @@ fn upsample_weights(w: usize) -> Vec<(u32, f32)> {
 fn compose_for_cpu() -> ComposeFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::simd::has_avx512_vbmi() {
+        if crate::nn::simd::has_avx512_vbmi() {
             return compose_row_avx512;
         }
-        if is_x86_feature_detected!("avx2") {
+        if crate::nn::simd::has_avx2() {
             return compose_row_avx2;
         }
     }
@@ -1046,7 +1046,7 @@ unsafe fn compose_row_avx512(
     // SAFETY: every load and store stays within the first `16 · blocks <= w` pixels of `src`,
     // `out`, `cover` and the mirror rows (lengths asserted above).
     unsafe {
-        let rgb = crate::simd::Rgb16::new();
+        let rgb = crate::nn::simd::Rgb16::new();
         let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
         let (max, half) = (_mm512_set1_ps(255.0), _mm512_set1_ps(0.5));
         let va = a.map(|v| _mm512_set1_ps(v));
@@ -1150,7 +1150,7 @@ impl LowRes {
         let lh = h.div_ceil(LOWRES);
         let mut data = vec![0.0f32; lw * lh * 3];
         #[cfg(target_arch = "x86_64")]
-        let avx2 = is_x86_feature_detected!("avx2");
+        let avx2 = crate::nn::simd::has_avx2();
         data.par_chunks_mut(lw * 3)
             .enumerate()
             .for_each(|(ly, row)| {
@@ -1392,7 +1392,7 @@ type DropFn = fn(&DropRow, &[f32], &mut [u8], std::ops::Range<usize>);
 fn drop_fn() -> DropFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::simd::has_avx512_vbmi() {
+        if crate::nn::simd::has_avx512_vbmi() {
             return |r, vrow, row, xs| {
                 // SAFETY: the CPU has the features (checked above).
                 unsafe { drop_row_avx512(r, vrow, row, xs) }
@@ -1465,7 +1465,7 @@ unsafe fn drop_row_avx512(r: &DropRow, vrow: &[f32], row: &mut [u8], xs: std::op
     // SAFETY: block `i` covers columns `xs.start + 16i ..+16 <= xs.end` (asserted inside `row`);
     // gathered indices are `3·x0 + c`, `3·x1 + c` with `x0, x1 <= last_col` (inside `vrow`).
     unsafe {
-        let rgb = crate::simd::Rgb16::new();
+        let rgb = crate::nn::simd::Rgb16::new();
         let lanes = _mm512_setr_ps(
             0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
         );
@@ -1629,7 +1629,7 @@ mod tests {
         let (a, b, l) = ([0.8, 0.9, 1.1], [3.0, -2.0, 10.0], [200.0, 210.0, 230.0]);
         let mut builds: Vec<ComposeFn> = vec![compose_row_plain, compose_for_cpu()];
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
+        if crate::nn::simd::has_avx2() {
             builds.push(compose_row_avx2);
         }
         for mirror in [None, Some((&u0[..], &u1[..], 0.3f32, 0.1f32))] {

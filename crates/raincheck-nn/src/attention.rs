@@ -63,18 +63,22 @@ unsafe fn probabilities(
     let m = rows.len();
     let p = grown(p, m * n);
     inv_sums.clear();
-    let q = qkv.add(dm.qkv_at(bi, 0, h) + rows.start * s3);
-    let k = qkv.add(dm.qkv_at(bi, 1, h));
-    // Kᵀ: element (c, j) = K[j, c].
-    product(
-        (m, n, dm.hd),
-        (p.as_mut_ptr(), n, 1),
-        false,
-        (q, s3, 1),
-        (k, 1, s3),
-        dm.scale(),
-        gemm::Parallelism::None,
-    );
+    // SAFETY: `qkv` holds the tensor `dm` describes (this function's contract), so the rows of
+    // Q and K of batch `bi`, head `h` lie inside it; `p` holds `m·n` values of our own.
+    unsafe {
+        let q = qkv.add(dm.qkv_at(bi, 0, h) + rows.start * s3);
+        let k = qkv.add(dm.qkv_at(bi, 1, h));
+        // Kᵀ: element (c, j) = K[j, c].
+        product(
+            (m, n, dm.hd),
+            (p.as_mut_ptr(), n, 1),
+            false,
+            (q, s3, 1),
+            (k, 1, s3),
+            dm.scale(),
+            gemm::Parallelism::None,
+        );
+    }
     for row in p.chunks_exact_mut(n) {
         let inv = softmax_numerators(row);
         if normalise {

@@ -1,4 +1,5 @@
-//! Shared differentiable layers that candle 0.11 lacks (or has without a backward pass):
+//! raincheck's CPU kernels and layers (the crate `raincheck-nn`: it depends only on candle,
+//! gemm and rayon; see its README for the kernel notes). Shared differentiable layers that candle 0.11 lacks (or has without a backward pass):
 //! reflection padding, instance normalisation (no affine parameters, no running statistics, as
 //! in the CycleGAN reference generator), padding to a size multiple with the crop back, pixel
 //! (un)shuffle, layer normalisation, and bilinear resampling as two matrix products.
@@ -8,6 +9,8 @@
 //! (`conv`, `norm`, `pad`); tests check them against finite differences and candle's ops.
 //! Shapes: `(b, c, h, w)`.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod attention;
 mod conv;
 mod direct;
@@ -15,6 +18,7 @@ mod fused;
 mod norm;
 mod pad;
 mod shuffle;
+pub mod simd;
 mod vmath;
 mod winograd;
 
@@ -40,6 +44,7 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
 struct OutPtr(*mut f32);
 // SAFETY: every task writes only its own region of the output (see each use).
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: shared only between tasks that write disjoint regions.
 unsafe impl Sync for OutPtr {}
 
 /// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)` with `gemm`, each matrix given as
@@ -59,27 +64,31 @@ unsafe fn product(
     beta: f32,
     par: gemm::Parallelism,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.2 as isize,
-        dst.1 as isize,
-        accumulate,
-        lhs.0,
-        lhs.2 as isize,
-        lhs.1 as isize,
-        rhs.0,
-        rhs.2 as isize,
-        rhs.1 as isize,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        par,
-    );
+    // SAFETY: the caller guarantees the pointers and strides describe valid, non-aliased
+    // matrices (this function's contract), which is `gemm::gemm`'s.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        )
+    };
 }
 
 /// Runs `f` with this thread's reusable scratch value of type `T`, kept between calls: the
@@ -641,9 +650,8 @@ pub fn resize_bilinear(xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor
     rows.matmul(&rw.t()?.broadcast_left(c)?.contiguous()?)
 }
 
-/// Largest absolute value of an f32 tensor (for tests).
-#[cfg(test)]
-pub(crate) fn max_abs(t: &Tensor) -> f32 {
+/// Largest absolute value of a tensor (for tests and parity checks).
+pub fn max_abs(t: &Tensor) -> f32 {
     t.abs()
         .and_then(|d| d.flatten_all())
         .and_then(|d| d.max(0))
@@ -651,9 +659,8 @@ pub(crate) fn max_abs(t: &Tensor) -> f32 {
         .expect("an f32 tensor")
 }
 
-/// Largest absolute difference between two tensors of one shape (for tests).
-#[cfg(test)]
-pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+/// Largest absolute difference of two tensors of one shape (for tests and parity checks).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).expect("tensors of one shape"))
 }
 

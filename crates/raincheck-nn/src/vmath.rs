@@ -102,7 +102,7 @@ pub(super) fn sigmoid_in_place(xs: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    crate::simd::has_avx2_fma()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -74,9 +74,9 @@ fn cpu_isa() -> Option<Isa> {
     {
         static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
-            if is_x86_feature_detected!("avx512f") {
+            if crate::simd::has_avx512f() {
                 Some(Isa::Avx512)
-            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            } else if crate::simd::has_avx2_fma() {
                 Some(Isa::Avx2)
             } else {
                 None
@@ -127,8 +127,7 @@ fn available() -> Vec<Isa> {
     let mut isas: Vec<Isa> = cpu_isa().into_iter().collect();
     // Every AVX-512F CPU so far also has AVX2 and FMA; checked rather than assumed.
     #[cfg(target_arch = "x86_64")]
-    if isas == [Isa::Avx512] && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    {
+    if isas == [Isa::Avx512] && crate::simd::has_avx2_fma() {
         isas.push(Isa::Avx2);
     }
     isas
@@ -584,6 +583,7 @@ mod avx512 {
         out: *mut f32,
         stride: usize,
     ) {
+        // SAFETY: the caller upholds this function's contract: the pointers cover the block and its taps, and the CPU has AVX-512.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); V]; CO];
             for c in 0..cin {
@@ -623,6 +623,7 @@ mod avx512 {
         offs: [usize; 3],
         sums: &mut [[f32; 3]; GO],
     ) {
+        // SAFETY: the caller upholds this function's contract: the pointers cover the block and its taps, and the CPU has AVX-512.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 3]; G];
             for i in (0..n).step_by(LANES) {
@@ -669,6 +670,7 @@ mod avx2 {
         stride: usize,
         live: usize,
     ) {
+        // SAFETY: the caller upholds this function's contract: the pointers cover the block and its taps, and the CPU has AVX2 + FMA.
         unsafe {
             let nt = taps.len();
             for g in 0..live.div_ceil(4) {
@@ -703,6 +705,7 @@ mod avx2 {
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: register-only intrinsics; AVX is enabled for this function.
         unsafe {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -724,6 +727,7 @@ mod avx2 {
         offs: [usize; 3],
         sums: &mut [[f32; 3]; GO],
     ) {
+        // SAFETY: the caller upholds this function's contract: the pointers cover the block and its taps, and the CPU has AVX2 + FMA.
         unsafe {
             let mut j0 = 0;
             while j0 < go {
@@ -753,7 +757,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{max_abs_err as max_err, test_values as rand};
+    use crate::{max_abs_err as max_err, test_values as rand};
     use candle_core::{Device, Tensor};
 
     /// Every (image, channel, row, column) of a `(b, c, h, w)` array.

@@ -982,10 +982,10 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
-        Tensor::from_vec(crate::nn::test_values(n, seed), shape, &Device::Cpu).unwrap()
+        Tensor::from_vec(crate::test_values(n, seed), shape, &Device::Cpu).unwrap()
     }
 
-    use crate::nn::{max_abs, max_abs_diff as max_diff};
+    use crate::{max_abs, max_abs_diff as max_diff};
 
     /// The fused residual block equals candle's composite (conv, bias, ReLU, conv, bias, add):
     /// output and the gradients of the input and all four parameters; on an untracked input

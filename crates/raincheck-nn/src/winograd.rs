@@ -530,6 +530,7 @@ unsafe fn block_product(
     macro_rules! dispatch {
         ($($r:literal),*) => {
             match rows {
+                // SAFETY: `rows` is one of the listed block sizes and the caller's pointers cover that block.
                 $($r => unsafe { block_product_r::<$r>(k, a, b, c, accumulate) },)*
                 _ => unreachable!("register block rows {rows}"),
             }
@@ -566,6 +567,7 @@ unsafe fn block_product_r<const R: usize>(
         // SAFETY: B's row p and A's column p are valid (caller).
         let brow = unsafe { std::slice::from_raw_parts(b.add(p * ldb), NR) };
         for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: A's element (i, p) is valid (caller).
             let av = unsafe { *a.add(i * ars + p * acs) };
             for (r, &bv) in row.iter_mut().zip(brow) {
                 *r += av * bv;
@@ -751,7 +753,7 @@ fn a6(g: [L; 4]) -> [L; 6] {
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        crate::simd::has_avx2_fma()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -997,7 +999,7 @@ fn transform_output_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{max_abs_err, test_values as rand};
+    use crate::{max_abs_err, test_values as rand};
     use candle_core::{Device, Tensor};
 
     /// The weight gradient equals candle's (the gradient of `Σ probe · conv(x, w)`), for odd and
