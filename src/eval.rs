@@ -56,6 +56,17 @@ pub enum EvalError {
 
 pub type Result<T> = std::result::Result<T, EvalError>;
 
+impl crate::usage::IsUsage for EvalError {
+    fn is_usage(&self) -> bool {
+        match self {
+            EvalError::Usage(_) => true,
+            EvalError::Model(e) => e.is_usage(),
+            EvalError::Pairing(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
 pub struct EvalConfig {
     /// De-rained outputs.
     pub pred: PathBuf,

@@ -11,6 +11,7 @@ pub const LAYERS: &[(&str, u32)] = &[
     ("nn", 0),
     ("progress", 0),
     ("runtime", 0),
+    ("usage", 0),
     // Pixels and files in and out, formats, sinks, pure math.
     ("image_io", 1),
     ("metrics", 2),

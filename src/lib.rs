@@ -29,6 +29,7 @@ pub mod stream;
 pub mod study;
 pub mod synth;
 pub mod train;
+pub mod usage;
 #[cfg(feature = "video")]
 pub mod video;
 pub mod viz;

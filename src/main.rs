@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use raincheck::dataset::{self, Shard, Split, SplitRatios};
 use raincheck::rain::{Preset, RainParams};
+use raincheck::usage::IsUsage;
 use raincheck::viz::RerunTarget;
 
 // Models allocate multi-megabyte tensors on every layer; the system allocator returns them to
@@ -707,25 +708,16 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 fn device(name: &str) -> anyhow::Result<candle_core::Device> {
-    raincheck::derain::device_from_name(name).map_err(derain_err)
+    raincheck::derain::device_from_name(name).map_err(fail)
 }
 
-/// Usage mistakes (bad names, missing --arch) exit with 2; the rest with 1.
-fn derain_err(e: raincheck::derain::DerainError) -> anyhow::Error {
-    use raincheck::derain::DerainError as E;
-    match e {
-        E::Usage(_) | E::UnknownArch(_) | E::UnknownPreset { .. } => usage(e),
-        e => e.into(),
-    }
-}
-
-/// Usage mistakes in `eval` (a test set given with --input, a bad --preset) exit with 2.
-fn eval_err(e: raincheck::eval::EvalError) -> anyhow::Error {
-    use raincheck::eval::EvalError as E;
-    match e {
-        E::Usage(_) => usage(e),
-        E::Model(m) => derain_err(m),
-        e => e.into(),
+/// The one rule for exit codes: a usage error (exit 2) or a failure (exit 1), as the library's
+/// error types classify themselves (`raincheck::usage::IsUsage`).
+fn fail<E: IsUsage + std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    if e.is_usage() {
+        usage(e)
+    } else {
+        e.into()
     }
 }
 
@@ -805,12 +797,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Generate(a) => {
-            let method = raincheck::generate::RainMethod::parse(&a.rain, &a.params.set).map_err(
-                |e| match e {
-                    dataset::DatasetError::Flag { .. } | dataset::DatasetError::Rain(_) => usage(e),
-                    other => other.into(),
-                },
-            )?;
+            let method =
+                raincheck::generate::RainMethod::parse(&a.rain, &a.params.set).map_err(fail)?;
             let cfg = raincheck::generate::GenerateConfig {
                 clear: a.clear,
                 out: a.out,
@@ -889,7 +877,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     jpeg_quality: a.rerun.rerun_jpeg_quality,
                     progress,
                 })
-                .map_err(eval_err)?
+                .map_err(fail)?
             } else {
                 let (Some(pred), Some(target)) = (a.pred, a.target) else {
                     return Err(usage("give --pred and --target, or --model and --data"));
@@ -905,7 +893,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     jpeg_quality: a.rerun.rerun_jpeg_quality,
                     progress,
                 })
-                .map_err(eval_err)?
+                .map_err(fail)?
             };
             println!("{}", raincheck::eval::summary_table(&report));
             println!("report: {}", a.report.display());
@@ -922,7 +910,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tiles: a.model_args.tiles.choice(),
                 progress,
             };
-            let s = raincheck::derain::apply::run(&job).map_err(derain_err)?;
+            let s = raincheck::derain::apply::run(&job).map_err(fail)?;
             print_media_summary(&s, "model");
         }
         Command::Train(TrainCommand::Derain(a)) => {
@@ -954,11 +942,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rerun: a.rerun.target(),
                 tiles: a.tiles.choice(),
             };
-            let s = raincheck::train::train(&run).map_err(|e| match e {
-                raincheck::train::TrainError::Usage(m) => usage(m),
-                raincheck::train::TrainError::Model(e) => derain_err(e),
-                e => e.into(),
-            })?;
+            let s = raincheck::train::train(&run).map_err(fail)?;
             print_json(&s)?;
         }
         Command::Train(TrainCommand::Cyclegan(a)) => {
@@ -970,11 +954,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 progress,
                 rerun: a.rerun.target(),
             };
-            let s = raincheck::cyclegan::train::train(&run).map_err(|e| match e {
-                raincheck::train::TrainError::Usage(m) => usage(m),
-                raincheck::train::TrainError::Model(e) => derain_err(e),
-                e => e.into(),
-            })?;
+            let s = raincheck::cyclegan::train::train(&run).map_err(fail)?;
             print_json(&s)?;
         }
         Command::Translate(a) => {
@@ -992,7 +972,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tiles: a.tiles.choice(),
                 progress,
             };
-            let s = translate::run(&job).map_err(derain_err)?;
+            let s = translate::run(&job).map_err(fail)?;
             print_media_summary(&s, "generator");
         }
         Command::Stream(a) => stream(a, progress)?,
@@ -1038,10 +1018,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 device: device(&a.device)?,
                 progress,
             };
-            let report = raincheck::study::run(&cfg).map_err(|e| match e {
-                raincheck::study::StudyError::Usage(_) => usage(e),
-                e => e.into(),
-            })?;
+            let report = raincheck::study::run(&cfg).map_err(fail)?;
             print!("{}", report.render_text());
             tracing::info!("report: {}", out.join("report.md").display());
         }
@@ -1085,19 +1062,14 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 fn stream(a: StreamArgs, progress: bool) -> anyhow::Result<()> {
-    use raincheck::stream::{self, AddRain, ModelSpec, StreamError, StreamJob};
+    use raincheck::stream::{self, AddRain, ModelSpec, StreamJob};
     use std::sync::atomic::Ordering;
-    let stream_err = |e: StreamError| match e {
-        StreamError::Usage(_) => usage(e),
-        StreamError::Derain(e) => derain_err(e),
-        e => e.into(),
-    };
     let spec = ModelSpec {
         model: a.model,
         arch: a.model_args.arch.clone(),
         preset: a.model_args.preset.clone(),
         device: device(&a.model_args.device)?,
-        dtype: stream::dtype_from_name(&a.dtype).map_err(stream_err)?,
+        dtype: stream::dtype_from_name(&a.dtype).map_err(fail)?,
         tiles: a.model_args.tiles.choice(),
     };
     let mut job = StreamJob::new(a.input);
@@ -1137,7 +1109,7 @@ fn stream(a: StreamArgs, progress: bool) -> anyhow::Result<()> {
         eprintln!("stopping: finishing the frames in flight (Ctrl-C again to quit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
-    let stats = stream::run(&job, || spec.load(), None).map_err(stream_err)?;
+    let stats = stream::run(&job, || spec.load(), None).map_err(fail)?;
     print!("{}", stats.render_text());
     Ok(())
 }

@@ -36,6 +36,13 @@ pub enum PairingError {
 
 pub type Result<T> = std::result::Result<T, PairingError>;
 
+impl crate::usage::IsUsage for PairingError {
+    /// A malformed `--pair` (a folder that fits no layout, or two, is the data's problem).
+    fn is_usage(&self) -> bool {
+        matches!(self, PairingError::Pattern(..))
+    }
+}
+
 /// Rainy/clean file-name prefixes or suffixes in one folder.
 const AFFIXES: [(Affix, &str, &str); 2] = [
     (Affix::Prefix, "rain-", "norain-"),

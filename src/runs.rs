@@ -35,6 +35,17 @@ pub enum TrainError {
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
+impl crate::usage::IsUsage for TrainError {
+    fn is_usage(&self) -> bool {
+        match self {
+            TrainError::Usage(_) => true,
+            TrainError::Model(e) => e.is_usage(),
+            TrainError::Dataset(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),

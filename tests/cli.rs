@@ -1508,3 +1508,146 @@ fn published_weights_on_a_test_set() {
     );
     assert!(err.contains("[epoch, best_psnr, opts]"), "{err}");
 }
+
+/// One rule for exit codes: the same mistake (an unknown preset) is a usage error (2) from
+/// `derain` and from `eval --model` alike; a corrupt model file is a failure (1) from both.
+#[test]
+fn exit_codes_are_consistent_across_commands() {
+    let t = tempfile::tempdir().unwrap();
+    let model = fixtures().join("weights/prenet_paper_legacy.pth");
+    let img = fixtures().join("target_a.png");
+    let out = t.path().join("out");
+    let err = fails(
+        &[
+            "derain",
+            "--model",
+            s(&model),
+            "--arch",
+            "prenet",
+            "--preset",
+            "huge",
+            "--input",
+            s(&img),
+            "--out",
+            s(&out),
+        ],
+        2,
+    );
+    assert!(err.contains("huge"), "{err}");
+    let clear = small_frames(t.path(), 2);
+    let data = t.path().join("ds");
+    generate_ok(&clear, &data, &["--split", "0,0,1"]);
+    let rep = t.path().join("rep");
+    let err = fails(
+        &[
+            "eval",
+            "--model",
+            s(&model),
+            "--arch",
+            "prenet",
+            "--preset",
+            "huge",
+            "--data",
+            s(&data),
+            "--report",
+            s(&rep),
+        ],
+        2,
+    );
+    assert!(err.contains("huge"), "{err}");
+    let bad = t.path().join("bad.pth");
+    std::fs::write(&bad, b"\x80\x02garbage").unwrap();
+    fails(
+        &[
+            "derain",
+            "--model",
+            s(&bad),
+            "--arch",
+            "prenet",
+            "--input",
+            s(&img),
+            "--out",
+            s(&out),
+        ],
+        1,
+    );
+    fails(
+        &[
+            "eval",
+            "--model",
+            s(&bad),
+            "--arch",
+            "prenet",
+            "--data",
+            s(&data),
+            "--report",
+            s(&rep),
+        ],
+        1,
+    );
+}
+
+/// Every library error type classifies itself as usage (exit 2) or failure (exit 1), looking
+/// through the errors it wraps.
+mod error_classes {
+    use raincheck::dataset::DatasetError;
+    use raincheck::derain::DerainError;
+    use raincheck::eval::EvalError;
+    use raincheck::pairing::PairingError;
+    use raincheck::rain::RainError;
+    use raincheck::runs::TrainError;
+    use raincheck::stream::StreamError;
+    use raincheck::study::StudyError;
+    use raincheck::usage::IsUsage;
+    use std::path::PathBuf;
+
+    fn preset() -> DerainError {
+        DerainError::UnknownPreset {
+            arch: "unet".into(),
+            preset: "huge".into(),
+            known: "tiny, base",
+        }
+    }
+
+    fn file() -> DerainError {
+        DerainError::File {
+            path: PathBuf::from("m.pth"),
+            why: "truncated".into(),
+        }
+    }
+
+    /// Every error type, a usage case and a failure case, also through the types that wrap it.
+    #[test]
+    fn each_error_class_is_classified() {
+        assert!(preset().is_usage() && !file().is_usage());
+        assert!(RainError::UnknownPreset("x".into()).is_usage());
+        assert!(!RainError::TooSmall {
+            width: 1,
+            height: 1
+        }
+        .is_usage());
+        let flag = || DatasetError::Flag {
+            flag: "--rain",
+            why: "unknown".into(),
+        };
+        assert!(flag().is_usage());
+        assert!(DatasetError::Rain(RainError::Invalid("x".into())).is_usage());
+        assert!(!DatasetError::Inputs("unreadable".into()).is_usage());
+        assert!(EvalError::Usage("x".into()).is_usage());
+        assert!(EvalError::Model(preset()).is_usage() && !EvalError::Model(file()).is_usage());
+        assert!(EvalError::Pairing(PairingError::Pattern("a".into(), "b".into())).is_usage());
+        let layout = PairingError::Layout {
+            dir: PathBuf::from("t"),
+            why: "two layouts".into(),
+        };
+        assert!(!layout.is_usage());
+        assert!(TrainError::Model(preset()).is_usage() && TrainError::Dataset(flag()).is_usage());
+        assert!(!TrainError::Model(file()).is_usage());
+        assert!(StudyError::Eval(EvalError::Usage("x".into())).is_usage());
+        assert!(StudyError::Train(TrainError::Usage("x".into())).is_usage());
+        assert!(!StudyError::Derain(file()).is_usage());
+        assert!(StreamError::Derain(preset()).is_usage());
+        assert!(StreamError::Rain(RainError::UnknownPreset("x".into())).is_usage());
+        assert!(!StreamError::Derain(file()).is_usage());
+    }
+}

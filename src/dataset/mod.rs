@@ -71,6 +71,17 @@ pub enum DatasetError {
 
 pub type Result<T> = std::result::Result<T, DatasetError>;
 
+impl crate::usage::IsUsage for DatasetError {
+    /// A bad flag value (`--rain`, `--split`, `--set`…).
+    fn is_usage(&self) -> bool {
+        match self {
+            DatasetError::Flag { .. } => true,
+            DatasetError::Rain(e) => crate::usage::IsUsage::is_usage(e),
+            _ => false,
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
     move |source| DatasetError::Io {
         path: path.to_path_buf(),

@@ -67,6 +67,15 @@ pub enum DerainError {
 
 pub type Result<T> = std::result::Result<T, DerainError>;
 
+impl crate::usage::IsUsage for DerainError {
+    fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            DerainError::Usage(_) | DerainError::UnknownArch(_) | DerainError::UnknownPreset { .. }
+        )
+    }
+}
+
 /// A 2-D convolution with "same" padding (none when kernel == stride, as for patch embedding),
 /// He-normal weights scaled by `scale`, zero bias.
 pub(crate) fn conv(

@@ -30,3 +30,13 @@ pub enum RainError {
         got: (u32, u32),
     },
 }
+
+impl crate::usage::IsUsage for RainError {
+    /// A bad preset name or `--set` assignment.
+    fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RainError::UnknownPreset(_) | RainError::Invalid(_) | RainError::BadOverride { .. }
+        )
+    }
+}

@@ -62,6 +62,18 @@ pub enum StreamError {
     Candle(#[from] candle_core::Error),
 }
 
+impl crate::usage::IsUsage for StreamError {
+    fn is_usage(&self) -> bool {
+        use crate::usage::IsUsage as U;
+        match self {
+            StreamError::Usage(_) => true,
+            StreamError::Derain(e) => U::is_usage(e),
+            StreamError::Rain(e) => U::is_usage(e),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StreamError>;
 
 /// Physical rain rendered onto clean frames before the de-rainer (`--add-rain`): one particle

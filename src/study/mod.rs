@@ -59,6 +59,20 @@ pub enum StudyError {
     Video(#[from] crate::video::VideoError),
 }
 
+impl crate::usage::IsUsage for StudyError {
+    fn is_usage(&self) -> bool {
+        use crate::usage::IsUsage as U;
+        match self {
+            StudyError::Usage(_) => true,
+            StudyError::Dataset(e) => U::is_usage(e),
+            StudyError::Train(e) => U::is_usage(e),
+            StudyError::Derain(e) => U::is_usage(e),
+            StudyError::Eval(e) => U::is_usage(e),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StudyError>;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StudyError + '_ {
