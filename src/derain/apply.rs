@@ -89,10 +89,7 @@ pub fn map_media(
     progress: bool,
     f: &mut FrameFn,
 ) -> Result<DerainSummary> {
-    std::fs::create_dir_all(out).map_err(|source| DerainError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    create_out(out)?;
     if input.is_dir() || image_io::is_image_path(input) {
         let images: Vec<(String, PathBuf)> = if input.is_dir() {
             image_io::images_by_stem(input)?.into_iter().collect()
@@ -107,6 +104,13 @@ pub fn map_media(
     map_video(input, out, verb, progress, f)
 }
 
+fn create_out(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|source| DerainError::Io {
+        path: out.to_path_buf(),
+        source,
+    })
+}
+
 /// Applies `f` to images given as (output stem, path): `OUT/STEM.png` each.
 pub fn map_images(
     images: Vec<(String, PathBuf)>,
@@ -115,10 +119,7 @@ pub fn map_images(
     progress: bool,
     f: &mut FrameFn,
 ) -> Result<DerainSummary> {
-    std::fs::create_dir_all(out).map_err(|source| DerainError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    create_out(out)?;
     let mut model_s = 0.0;
     let mut outputs = Vec::new();
     let pb = crate::progress::bar(images.len() as u64, verb, progress);
