@@ -38,11 +38,11 @@ const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 /// candle's pool is a second set of threads beside rayon's: on 2 cores each element-wise op
 /// handed work to a worker that then spun on the core the next product needed, or parked and
 /// had to be woken (a fifth of a `unet tiny` training step was yielding and waking). The ops
-/// left to candle are small next to the kernels, so one thread is enough. Sixth session, same
-/// machine, criterion medians, 2 → 1 threads: `unet tiny` 960x540 frame 15.9 → 13.1 ms, its
+/// left to candle are small next to the kernels, so one thread is enough. On a 2-core
+/// Zen 4, 2026-11-27 10:00 UTC, criterion medians, 2 → 1 threads: `unet tiny` 960x540 frame 15.9 → 13.1 ms, its
 /// training step 18.6 → 14.6 ms, `vit tiny` training step 30.7 → 26.5 ms, CycleGAN training
-/// step 2.03 → 1.95 s and translation 2.42 → 2.47 s (both within noise). (Fifth session: the
-/// short spins alone took `unet tiny` 15.7 → 13.5 ms and its training step 20.7 → 18.2 ms.)
+/// step 2.03 → 1.95 s and translation 2.42 → 2.47 s (both within noise). (Earlier that
+/// day, 06:00 UTC: the short spins alone took `unet tiny` 15.7 → 13.5 ms and its training step 20.7 → 18.2 ms.)
 pub fn tune_candle_pool() {
     for (var, value) in [(NUM_THREADS_VAR, "1"), (SPIN_LIMIT_VAR, "200")] {
         if std::env::var_os(var).is_none() {
