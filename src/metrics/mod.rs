@@ -268,18 +268,24 @@ unsafe fn ssim_avx2(a: &Plane, b: &Plane) -> f64 {
 
 /// All four metrics of `pred` against `target`.
 pub fn score(pred: &RgbImage, target: &RgbImage) -> Result<Scores, MetricsError> {
+    let (psnr_y, ssim_y) = score_y(pred, target)?;
+    let (psnr_rgb, ssim_rgb) = score_rgb(pred, target)?;
+    Ok(Scores {
+        psnr_y,
+        ssim_y,
+        psnr_rgb,
+        ssim_rgb,
+    })
+}
+
+/// `psnr_rgb` and `ssim_rgb` (the same in every protocol).
+fn score_rgb(pred: &RgbImage, target: &RgbImage) -> Result<(f64, f64), MetricsError> {
     check(pred, target)?;
-    let (yp, yt) = (y_plane(pred), y_plane(target));
     let ssim_rgb = (0..3)
         .map(|c| ssim(&channel_plane(pred, c), &channel_plane(target, c)))
         .sum::<f64>()
         / 3.0;
-    Ok(Scores {
-        psnr_y: psnr(&yp, &yt),
-        ssim_y: ssim(&yp, &yt),
-        psnr_rgb: psnr_rgb(pred, target)?,
-        ssim_rgb,
-    })
+    Ok((psnr_rgb(pred, target)?, ssim_rgb))
 }
 
 /// All four metrics by `protocol` (see the module docs); [`score`] is the default protocol.
@@ -311,25 +317,38 @@ pub fn score_with(
     } else {
         (pred, target)
     };
-    let mut scores = score(pred, target)?;
-    if protocol.y == YMode::MatlabDouble {
-        let (yp, yt) = (y_double(pred), y_double(target));
-        let (w, h) = (pred.width() as usize, pred.height() as usize);
-        let mse = yp
-            .iter()
-            .zip(&yt)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            / yp.len() as f64;
-        scores.psnr_y = if mse == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (1.0 / mse).log10()
-        };
-        let scaled = |v: Vec<f64>| v.into_iter().map(|y| y * 255.0).collect::<Vec<_>>();
-        scores.ssim_y = ssim_f64(&scaled(yp), &scaled(yt), w, h);
-    }
-    Ok(scores)
+    let (psnr_y, ssim_y) = match protocol.y {
+        YMode::MatlabUint8 => score_y(pred, target)?,
+        YMode::MatlabDouble => score_y_double(pred, target)?,
+    };
+    let (psnr_rgb, ssim_rgb) = score_rgb(pred, target)?;
+    Ok(Scores {
+        psnr_y,
+        ssim_y,
+        psnr_rgb,
+        ssim_rgb,
+    })
+}
+
+/// `psnr_y` and `ssim_y` on the unrounded Y of `matlab-double`: PSNR with peak 1 on Y in
+/// [16/255, 235/255] (PReNet's `psnr.m`), SSIM on Y·255 (its `ssim.m`).
+fn score_y_double(pred: &RgbImage, target: &RgbImage) -> Result<(f64, f64), MetricsError> {
+    check(pred, target)?;
+    let (yp, yt) = (y_double(pred), y_double(target));
+    let (w, h) = (pred.width() as usize, pred.height() as usize);
+    let mse = yp
+        .iter()
+        .zip(&yt)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        / yp.len() as f64;
+    let psnr_y = if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (1.0 / mse).log10()
+    };
+    let scaled = |v: Vec<f64>| v.into_iter().map(|y| y * 255.0).collect::<Vec<_>>();
+    Ok((psnr_y, ssim_f64(&scaled(yp), &scaled(yt), w, h)))
 }
 
 /// MATLAB `rgb2ycbcr(im2double(img))`'s Y, in [16/255, 235/255], unrounded.
