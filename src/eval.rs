@@ -207,6 +207,16 @@ fn index_dir(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
 /// `(id, prediction, target, input)` paths of one image.
 type Paired = (String, PathBuf, PathBuf, Option<PathBuf>);
 
+/// The first 30 problem lines, then how many more.
+fn capped(mut problems: Vec<String>) -> String {
+    let n = problems.len();
+    if n > 30 {
+        problems.truncate(30);
+        problems.push(format!("  … and {} more", n - 30));
+    }
+    problems.join("\n")
+}
+
 /// Pairs a test set (a layout of [`crate::pairing`]) with the outputs named by its rainy
 /// images' stems; `None` when `cfg.target` is a plain folder.
 fn pair_test_set(cfg: &EvalConfig) -> Result<Option<(Vec<Paired>, PairingInfo)>> {
@@ -244,16 +254,11 @@ fn pair_test_set(cfg: &EvalConfig) -> Result<Option<(Vec<Paired>, PairingInfo)>>
         }),
     );
     if !problems.is_empty() {
-        let n = problems.len();
-        problems.truncate(30);
-        if n > 30 {
-            problems.push(format!("  … and {} more", n - 30));
-        }
         return Err(EvalError::Unpaired(format!(
             "test set {} ({}):\n{}",
             cfg.target.display(),
             set.layout,
-            problems.join("\n")
+            capped(problems)
         )));
     }
     let info = PairingInfo {
@@ -293,12 +298,7 @@ fn pair_up(cfg: &EvalConfig) -> Result<Vec<Paired>> {
         }
     }
     if !problems.is_empty() {
-        let n = problems.len();
-        if n > 30 {
-            problems.truncate(30);
-            problems.push(format!("  … and {} more", n - 30));
-        }
-        return Err(EvalError::Unpaired(problems.join("\n")));
+        return Err(EvalError::Unpaired(capped(problems)));
     }
     Ok(pred
         .into_iter()

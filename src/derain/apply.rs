@@ -55,8 +55,7 @@ pub fn run(job: &DerainJob) -> Result<DerainSummary> {
         super::derain_image(&m.model, img, &job.device, tiling)
     };
     if job.input.is_dir() {
-        let set = crate::pairing::detect(&job.input, job.pair.as_ref())
-            .map_err(|e| path_err(&job.input, e.to_string()))?;
+        let set = crate::pairing::detect(&job.input, job.pair.as_ref())?;
         if let Some(set) = set {
             tracing::info!(
                 "{}: test set laid out as {}: de-raining its {} rainy images",

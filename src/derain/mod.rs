@@ -61,6 +61,8 @@ pub enum DerainError {
     Image(#[from] image_io::ImageIoError),
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightsError),
+    #[error(transparent)]
+    Pairing(#[from] crate::pairing::PairingError),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -69,10 +71,13 @@ pub type Result<T> = std::result::Result<T, DerainError>;
 
 impl crate::usage::IsUsage for DerainError {
     fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            DerainError::Usage(_) | DerainError::UnknownArch(_) | DerainError::UnknownPreset { .. }
-        )
+        match self {
+            DerainError::Usage(_)
+            | DerainError::UnknownArch(_)
+            | DerainError::UnknownPreset { .. } => true,
+            DerainError::Pairing(e) => e.is_usage(),
+            _ => false,
+        }
     }
 }
 
