@@ -61,13 +61,20 @@ pub enum DerainError {
     Image(#[from] image_io::ImageIoError),
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightsError),
+    /// Boxed: the test-set errors would make every `DerainError` larger.
     #[error(transparent)]
-    Pairing(#[from] crate::pairing::PairingError),
+    Pairing(Box<crate::pairing::PairingError>),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, DerainError>;
+
+impl From<crate::pairing::PairingError> for DerainError {
+    fn from(e: crate::pairing::PairingError) -> Self {
+        DerainError::Pairing(Box::new(e))
+    }
+}
 
 impl crate::usage::IsUsage for DerainError {
     fn is_usage(&self) -> bool {

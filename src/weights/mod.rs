@@ -381,7 +381,9 @@ fn read_zip(bytes: &[u8], path: &Path) -> Result<WeightFile> {
             .map_err(|e| bad(format!("entry `{name}`: {e}")))?;
         Ok(out)
     };
-    if let Ok(order) = entry(&format!("{prefix}byteorder")) {
+    // Newer PyTorch records the byte order; archives without the record are little-endian.
+    if names.contains(&format!("{prefix}byteorder")) {
+        let order = entry(&format!("{prefix}byteorder"))?;
         if order != b"little" {
             return Err(bad(format!(
                 "byte order `{}`: raincheck reads little-endian checkpoints",
@@ -561,7 +563,6 @@ fn gather(
         .try_fold(1u64, |a, &d| a.checked_mul(d))
         .ok_or("its size overflows")?;
     let dims: Vec<usize> = t.size.iter().map(|&d| d as usize).collect();
-    let mut index = Vec::with_capacity(numel.min(available.max(1)) as usize);
     if numel > 0 {
         let last = t
             .size
@@ -579,59 +580,47 @@ fn gather(
         if numel > available && numel > MAX_EXPANDED {
             return Err(format!("{numel} elements from a storage of {available}"));
         }
-        // Row-major walk over the indices.
-        let mut idx = vec![0u64; dims.len()];
-        let mut at = t.offset;
-        for _ in 0..numel {
-            index.push(at as usize);
-            for d in (0..dims.len()).rev() {
-                idx[d] += 1;
-                at += t.stride[d];
-                if idx[d] < t.size[d] {
-                    break;
-                }
-                at -= t.stride[d] * t.size[d];
-                idx[d] = 0;
-            }
-        }
     }
+    let index = Walk {
+        size: &t.size,
+        stride: &t.stride,
+        idx: vec![0; dims.len()],
+        at: t.offset,
+        left: numel,
+    };
     let at = |i: usize| &elems[i * size..(i + 1) * size];
     let shape = dims.as_slice();
     let made = match dtype {
         "float32" => Tensor::from_vec(
             index
-                .iter()
-                .map(|&i| f32::from_le_bytes(at(i).try_into().expect("4")))
+                .map(|i| f32::from_le_bytes(at(i).try_into().expect("4")))
                 .collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
         "float64" => Tensor::from_vec(
             index
-                .iter()
-                .map(|&i| f64::from_le_bytes(at(i).try_into().expect("8")) as f32)
+                .map(|i| f64::from_le_bytes(at(i).try_into().expect("8")) as f32)
                 .collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
         "float16" => Tensor::from_vec(
             index
-                .iter()
-                .map(|&i| half::f16::from_le_bytes(at(i).try_into().expect("2")).to_f32())
+                .map(|i| half::f16::from_le_bytes(at(i).try_into().expect("2")).to_f32())
                 .collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
         "bfloat16" => Tensor::from_vec(
             index
-                .iter()
-                .map(|&i| half::bf16::from_le_bytes(at(i).try_into().expect("2")).to_f32())
+                .map(|i| half::bf16::from_le_bytes(at(i).try_into().expect("2")).to_f32())
                 .collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
         "uint8" | "bool" => Tensor::from_vec(
-            index.iter().map(|&i| elems[i]).collect::<Vec<_>>(),
+            index.map(|i| elems[i]).collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
@@ -645,7 +634,7 @@ fn gather(
                 }
             };
             Tensor::from_vec(
-                index.iter().map(|&i| int(at(i))).collect::<Vec<_>>(),
+                index.map(|i| int(at(i))).collect::<Vec<_>>(),
                 shape,
                 &Device::Cpu,
             )
@@ -653,6 +642,45 @@ fn gather(
     };
     made.map_err(|e| e.to_string())
 }
+
+/// The storage positions of a strided tensor's elements, in row-major order (no index is
+/// materialised: a contiguous tensor walks its storage in order).
+#[derive(Clone)]
+struct Walk<'a> {
+    size: &'a [u64],
+    stride: &'a [u64],
+    idx: Vec<u64>,
+    at: u64,
+    left: u64,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let here = self.at as usize;
+        for d in (0..self.idx.len()).rev() {
+            self.idx[d] += 1;
+            self.at += self.stride[d];
+            if self.idx[d] < self.size[d] {
+                break;
+            }
+            self.at -= self.stride[d] * self.size[d];
+            self.idx[d] = 0;
+        }
+        Some(here)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for Walk<'_> {}
 
 /// Writes tensors as safetensors under a temporary name, then renames (no half-written file is
 /// ever left under `path`).
