@@ -120,10 +120,21 @@ pub fn read(path: &Path) -> Result<WeightFile> {
     if !path.is_file() {
         return Err(bad("no such weight file".into()));
     }
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
+    let io = |source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // safetensors are memory-mapped by candle rather than read into a buffer and copied.
+    let mut head = [0u8; 9];
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    let n =
+        std::io::Read::read(&mut std::fs::File::open(path).map_err(io)?, &mut head).map_err(io)?;
+    if n == head.len() && header_says_safetensors(&head, len) {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+        return checked(safetensors_file(tensors), path);
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
     read_bytes(&bytes, path)
 }
 
@@ -137,15 +148,17 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<WeightFile> {
         path: path.to_path_buf(),
         why,
     };
-    let mut file = if bytes.starts_with(b"PK\x03\x04") {
+    let file = if bytes.starts_with(b"PK\x03\x04") {
         read_zip(bytes, path)?
     } else if bytes.len() >= 2 && bytes[0] == 0x80 && bytes[1] <= 5 {
         read_legacy(bytes, path).map_err(|e| match e {
             Loaded::Pickle(p) => pickle_err(p),
             Loaded::Other(e) => e,
         })?
-    } else if looks_like_safetensors(bytes) {
-        read_safetensors(bytes, path)?
+    } else if bytes.len() >= 9 && header_says_safetensors(bytes, bytes.len() as u64) {
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+        safetensors_file(tensors)
     } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         return Err(bad(
             "a tar archive (PyTorch's format before 0.1.10), which raincheck does not read; \
@@ -158,6 +171,15 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<WeightFile> {
              it starts with {:02x?}",
             &bytes[..bytes.len().min(8)]
         )));
+    };
+    checked(file, path)
+}
+
+/// Sorts the tensors by name and refuses an empty file or a name given twice.
+fn checked(mut file: WeightFile, path: &Path) -> Result<WeightFile> {
+    let bad = |why: String| WeightsError::Format {
+        path: path.to_path_buf(),
+        why,
     };
     if file.entries.is_empty() {
         return Err(bad("holds no tensors".into()));
@@ -172,20 +194,13 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<WeightFile> {
     Ok(file)
 }
 
-fn looks_like_safetensors(bytes: &[u8]) -> bool {
-    bytes.len() >= 9 && {
-        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        n <= (bytes.len() - 8) as u64 && bytes[8] == b'{'
-    }
+/// A safetensors file starts with its header's length (within the file) and the header's `{`.
+fn header_says_safetensors(head: &[u8], file_len: u64) -> bool {
+    let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    n <= file_len - 8 && head[8] == b'{'
 }
 
-fn read_safetensors(bytes: &[u8], path: &Path) -> Result<WeightFile> {
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
-        WeightsError::Format {
-            path: path.to_path_buf(),
-            why: format!("not a readable safetensors file: {e}"),
-        }
-    })?;
+fn safetensors_file(tensors: HashMap<String, Tensor>) -> WeightFile {
     let entries = tensors
         .into_iter()
         .map(|(name, tensor)| Entry {
@@ -194,13 +209,13 @@ fn read_safetensors(bytes: &[u8], path: &Path) -> Result<WeightFile> {
             tensor,
         })
         .collect();
-    Ok(WeightFile {
+    WeightFile {
         format: Format::Safetensors,
         wrapper: None,
         prefix_stripped: false,
         top_level_keys: Vec::new(),
         entries,
-    })
+    }
 }
 
 /// PyTorch's name for a candle dtype.
