@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use raincheck::cyclegan::train::{CycleganOptions, CycleganTrainer};
 use raincheck::cyclegan::{Generator, GeneratorConfig};
-use raincheck::derain::Params;
+use raincheck::weights::Params;
 
 // The allocator the `raincheck` binary uses.
 #[global_allocator]

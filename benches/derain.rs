@@ -5,8 +5,9 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use raincheck::derain::{self, ModelConfig, Tiling};
-use raincheck::train::{train_step, AdamW};
+use raincheck::derain::train::{train_step, AdamW};
+use raincheck::derain::{self, ModelConfig};
+use raincheck::infer::Tiling;
 
 // The allocator the `raincheck` binary uses (fresh multi-megabyte tensors from the system
 // allocator are page-faulted in on every call).

@@ -739,7 +739,7 @@ pub struct ModelEvalConfig {
     /// Report folder; the de-rained images go to its `outputs/` as `ID.png`.
     pub report: PathBuf,
     pub device: candle_core::Device,
-    pub tiles: crate::derain::TileChoice,
+    pub tiles: crate::infer::TileChoice,
     pub rerun: Option<RerunTarget>,
     pub jpeg_quality: u8,
     pub progress: bool,
@@ -762,7 +762,7 @@ pub fn run_model(cfg: &ModelEvalConfig) -> Result<Report> {
         cfg.preset.as_deref(),
         &cfg.device,
     )?;
-    let tiling = cfg.tiles.resolve(&m.config);
+    let tiling = cfg.tiles.resolve(m.config.default_tile());
     let outputs = cfg.report.join("outputs");
     // Stale outputs of an earlier evaluation into this report would mix with this one's.
     if outputs.is_dir() {

@@ -21,7 +21,7 @@ use crate::rain::{Preset, RainParams, RainRenderer};
 
 const SPEC_FILE: &str = ".generate.json";
 
-fn model_err(e: crate::derain::DerainError) -> DatasetError {
+fn model_err(e: crate::cyclegan::CycleganError) -> DatasetError {
     DatasetError::Model(Box::new(e))
 }
 const JOURNAL: &str = ".journal.jsonl";
@@ -38,6 +38,9 @@ pub enum RainMethod {
 }
 
 impl RainMethod {
+    /// The method `raincheck generate` uses unless told otherwise.
+    pub const DEFAULT: &'static str = "physical:heavy";
+
     /// Parses `physical` or `physical:PRESET` (default preset: heavy), then applies overrides;
     /// or `cyclegan:RUN_DIR` / `cyclegan:G.pth` (no overrides).
     pub fn parse(s: &str, overrides: &[String]) -> Result<Self> {
@@ -49,7 +52,7 @@ impl RainMethod {
             "physical" => {
                 let preset = match arg {
                     Some(a) => Preset::parse(a)?,
-                    None => Preset::Heavy,
+                    None => Preset::default(),
                 };
                 let mut params = RainParams::preset(preset);
                 for o in overrides {
@@ -121,6 +124,12 @@ pub struct GenerateConfig {
     /// Warn about and leave out unreadable inputs instead of failing.
     pub skip_bad: bool,
     pub progress: bool,
+}
+
+impl GenerateConfig {
+    /// For a video source, every N-th frame unless told otherwise (consecutive frames are
+    /// nearly identical).
+    pub const DEFAULT_EVERY: u64 = 10;
 }
 
 #[derive(Debug, Serialize)]
@@ -548,7 +557,7 @@ pub fn generate(cfg: &GenerateConfig) -> Result<GenerateSummary> {
                 let Item::Image { id, path } = item else {
                     unreachable!("folder sources list images only")
                 };
-                let seed = crate::synth::image_seed(cfg.seed, id);
+                let seed = crate::rain::apply::image_seed(cfg.seed, id);
                 let source = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())

@@ -13,6 +13,7 @@ mod fuzz;
 pub mod generate;
 pub mod ids;
 pub mod image_io;
+pub mod infer;
 #[cfg(test)]
 mod layers;
 pub mod metrics;
@@ -27,8 +28,6 @@ pub mod runs;
 pub mod runtime;
 pub mod stream;
 pub mod study;
-pub mod synth;
-pub mod train;
 pub mod usage;
 #[cfg(feature = "video")]
 pub mod video;

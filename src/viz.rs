@@ -62,6 +62,9 @@ pub enum VizError {
 
 pub type Result<T> = std::result::Result<T, VizError>;
 
+/// JPEG quality of logged images unless told otherwise.
+pub const DEFAULT_JPEG_QUALITY: u8 = 85;
+
 /// Where a recording goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RerunTarget {

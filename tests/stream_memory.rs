@@ -2,11 +2,12 @@
 //! memory is the whole process's, so nothing else may run beside it.
 #![cfg(feature = "video")]
 
+#[path = "it/common.rs"]
 mod common;
 
 use candle_core::{DType, Device};
-use raincheck::derain::TileChoice;
 use raincheck::image_io::RgbImage;
+use raincheck::infer::TileChoice;
 use raincheck::stream::{self, ModelSpec, StreamJob};
 use raincheck::video::VideoWriter;
 

@@ -12,16 +12,54 @@ pub mod train;
 pub mod translate;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::{Init, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::derain::{read_weights, DerainError, Params, Result};
+use crate::infer::InferError;
 use crate::nn::{
     instance_norm, instance_norm_leaky_relu, leaky_relu, reflection_pad2d, Conv2d, ConvTranspose2d,
 };
+use crate::weights::{read_tensors, Params, WeightsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleganError {
+    #[error("{}: {why}", path.display())]
+    File { path: PathBuf, why: String },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, CycleganError>;
+
+impl crate::usage::IsUsage for CycleganError {
+    fn is_usage(&self) -> bool {
+        match self {
+            CycleganError::Weights(e) => e.is_usage(),
+            CycleganError::Infer(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
+/// The trainers' error type carries a CycleGAN's errors by kind (it sits below this module).
+impl From<CycleganError> for crate::runs::TrainError {
+    fn from(e: CycleganError) -> Self {
+        use crate::runs::TrainError;
+        match e {
+            CycleganError::File { path, why } => TrainError::Run { path, why },
+            CycleganError::Weights(e) => TrainError::Weights(e),
+            CycleganError::Infer(e) => TrainError::Infer(e),
+            CycleganError::Candle(e) => TrainError::Candle(e),
+        }
+    }
+}
 
 /// Instance norm's epsilon in the reference (PyTorch's default).
 const IN_EPS: f64 = 1e-5;
@@ -276,7 +314,7 @@ pub fn infer_generator_config(
     tensors: &HashMap<String, Tensor>,
     path: &Path,
 ) -> Result<GeneratorConfig> {
-    let bad = |why: String| DerainError::File {
+    let bad = |why: String| CycleganError::File {
         path: path.to_path_buf(),
         why,
     };
@@ -318,12 +356,12 @@ pub fn load_generator(
     expect: Option<GeneratorConfig>,
     device: &Device,
 ) -> Result<LoadedGenerator> {
-    let mut tensors = read_weights(path)?;
+    let mut tensors = read_tensors(path)?;
     tensors.retain(|k, _| !is_stale_norm_entry(k));
     let found = infer_generator_config(&tensors, path)?;
     if let Some(e) = expect {
         if e != found {
-            return Err(DerainError::File {
+            return Err(CycleganError::File {
                 path: path.to_path_buf(),
                 why: format!(
                     "holds a generator with ngf {} and {} blocks, the run's config says ngf {} and {} blocks",
@@ -346,7 +384,7 @@ pub fn load_discriminator(
     config: DiscriminatorConfig,
     device: &Device,
 ) -> Result<(Discriminator, Params)> {
-    let mut tensors = read_weights(path)?;
+    let mut tensors = read_tensors(path)?;
     tensors.retain(|k, _| !is_stale_norm_entry(k));
     let params = Params::new(0);
     Discriminator::new(config, params.var_builder(device))?;
@@ -443,11 +481,11 @@ mod tests {
             "{err}"
         );
         // A missing tensor.
-        let mut t = read_weights(&fixture("generator_ngf8_b2.pth")).unwrap();
+        let mut t = crate::weights::read_tensors(&fixture("generator_ngf8_b2.pth")).unwrap();
         t.retain(|k, _| !is_stale_norm_entry(k));
         t.remove("model.12.bias");
         let path = dir.path().join("g.safetensors");
-        crate::derain::save_tensors(&t, &path).unwrap();
+        crate::weights::save_safetensors(&t, &path).unwrap();
         let err = load_generator(&path, None, &Device::Cpu)
             .err()
             .unwrap()

@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{DiscriminatorConfig, GeneratorConfig};
-use crate::derain;
-use crate::runs::{io_err, Result, TrainError};
+use crate::runs::{io_err, Result, TrainError, CONFIG_FILE};
 
 pub const G_CLEAR_TO_RAINY: &str = "g_clear2rainy.safetensors";
 pub const G_RAINY_TO_CLEAR: &str = "g_rainy2clear.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
 pub const FORMAT: &str = "raincheck-cyclegan";
 
 /// Everything that determines a training run (`config.json`; also the `--config` TOML file's
@@ -94,6 +92,39 @@ impl CycleganOptions {
             path: path.to_path_buf(),
             why: format!("not valid CycleGAN options: {e}"),
         })
+    }
+
+    /// The options of a run as the command line layers them: the defaults, then a TOML file's
+    /// keys, then `flags` (any value serialising to a map of option names; `null`s and absent
+    /// keys leave the option as it was). Resuming without a `steps` flag keeps the run's own
+    /// length (`steps` 0); a fresh run needs both domains or a dataset.
+    pub fn layered(config: Option<&Path>, flags: &impl Serialize, resume: bool) -> Result<Self> {
+        let base = match config {
+            Some(p) => Self::from_toml(p)?,
+            None => Self::default(),
+        };
+        let mut value = serde_json::to_value(base).expect("options serialise");
+        let flags = serde_json::to_value(flags).expect("flags serialise");
+        let given = |key: &str| flags.get(key).is_some_and(|v| !v.is_null());
+        if let (Some(map), Some(over)) = (value.as_object_mut(), flags.as_object()) {
+            for (k, v) in over.iter().filter(|(_, v)| !v.is_null()) {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        let mut o: Self = serde_json::from_value(value)
+            .map_err(|e| TrainError::Usage(format!("invalid CycleGAN options: {e}")))?;
+        if resume && !given("steps") {
+            o.steps = 0;
+        }
+        if !resume
+            && o.data.is_none()
+            && (o.clear.as_os_str().is_empty() || o.rainy.as_os_str().is_empty())
+        {
+            return Err(TrainError::Usage(
+                "say where the two domains are: --clear DIR --rainy DIR, or --data DATASET".into(),
+            ));
+        }
+        Ok(o)
     }
 
     pub fn generator(&self) -> GeneratorConfig {
@@ -187,9 +218,9 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    pub fn read(dir: &Path) -> derain::Result<Self> {
+    pub fn read(dir: &Path) -> super::Result<Self> {
         let path = dir.join(CONFIG_FILE);
-        let bad = |why: String| derain::DerainError::File {
+        let bad = |why: String| super::CycleganError::File {
             path: path.clone(),
             why,
         };

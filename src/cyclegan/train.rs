@@ -26,17 +26,18 @@ use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
 use super::{Discriminator, Generator};
-use crate::derain::{self, Params};
 use crate::ids::mix_seed;
 use crate::image_io::{self, RgbImage};
 use crate::optim::AdamW;
 use crate::runs::{
-    append_jsonl, io_err, open_run_state, write_json, Result, TrainError, STATE_FILE,
+    append_jsonl, io_err, open_run_state, write_json, Checkpoints, Result, TrainError, STATE_FILE,
 };
 use crate::viz::{Recorder, RerunTarget};
+use crate::weights::{self, Params};
 
+use super::run::FORMAT;
 pub use super::run::{CycleganOptions, RunConfig, G_CLEAR_TO_RAINY, G_RAINY_TO_CLEAR};
-use super::run::{CONFIG_FILE, FORMAT};
+use crate::runs::CONFIG_FILE;
 
 /// `state.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -423,77 +424,67 @@ impl CycleganTrainer {
     }
 }
 
-fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
-    out.join("checkpoints").join(format!("step-{step:08}"))
-}
-
-/// Writes a complete checkpoint folder (temporary name, then renamed), the top-level generators,
+/// Writes a complete checkpoint folder ([`Checkpoints::write`]), the top-level generators,
 /// then `state.json`; removes the previous checkpoint last.
 fn save_checkpoint(
     out: &Path,
+    ck: &Checkpoints,
     nets: &Nets,
     pools: &[Pool; 2],
     state: &mut CycleganState,
     step: u64,
     elapsed_s: f64,
 ) -> Result<()> {
-    let dir = checkpoint_dir(out, step);
-    let tmp = dir.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    for ((_, p), file) in nets.params.iter().zip(NET_FILES) {
-        p.save(&tmp.join(file))?;
-    }
-    derain::save_tensors(&nets.opt_g.state()?, &tmp.join("optim_g.safetensors"))?;
-    derain::save_tensors(&nets.opt_d.state()?, &tmp.join("optim_d.safetensors"))?;
-    let mut pool = HashMap::new();
-    pools[0].save("fake_clear", &mut pool)?;
-    pools[1].save("fake_rainy", &mut pool)?;
-    // safetensors cannot hold an empty map: a marker keeps the file valid.
-    pool.insert(
-        "count".into(),
-        Tensor::new(&[pool.len() as u32], &Device::Cpu)?,
-    );
-    derain::save_tensors(&pool, &tmp.join("pool.safetensors"))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+    ck.write(step, |tmp| {
+        for ((_, p), file) in nets.params.iter().zip(NET_FILES) {
+            p.save(&tmp.join(file))?;
+        }
+        weights::save_safetensors(&nets.opt_g.state()?, &tmp.join("optim_g.safetensors"))?;
+        weights::save_safetensors(&nets.opt_d.state()?, &tmp.join("optim_d.safetensors"))?;
+        let mut pool = HashMap::new();
+        pools[0].save("fake_clear", &mut pool)?;
+        pools[1].save("fake_rainy", &mut pool)?;
+        // safetensors cannot hold an empty map: a marker keeps the file valid.
+        pool.insert(
+            "count".into(),
+            Tensor::new(&[pool.len() as u32], &Device::Cpu)?,
+        );
+        Ok(weights::save_safetensors(
+            &pool,
+            &tmp.join("pool.safetensors"),
+        )?)
+    })?;
     nets.params[0].1.save(&out.join(G_CLEAR_TO_RAINY))?;
     nets.params[1].1.save(&out.join(G_RAINY_TO_CLEAR))?;
     let previous = state.checkpoint.replace(step);
     state.step = step;
     state.elapsed_s = elapsed_s;
     write_json(&out.join(STATE_FILE), state)?;
-    if let Some(prev) = previous.filter(|&p| p != step) {
-        let _ = std::fs::remove_dir_all(checkpoint_dir(out, prev));
-    }
+    ck.remove(previous.filter(|&p| p != step));
     Ok(())
 }
 
 fn load_checkpoint(
-    out: &Path,
+    ck: &Checkpoints,
     step: u64,
     nets: &mut Nets,
     pools: &mut [Pool; 2],
     device: &Device,
 ) -> Result<()> {
-    let dir = checkpoint_dir(out, step);
+    let dir = ck.dir(step);
     for ((_, p), file) in nets.params.iter().zip(NET_FILES) {
         let path = dir.join(file);
-        p.load_strict(derain::read_weights(&path)?, &path)?;
+        p.load_strict(weights::read_tensors(&path)?, &path)?;
     }
     for (opt, file) in [
         (&mut nets.opt_g, "optim_g.safetensors"),
         (&mut nets.opt_d, "optim_d.safetensors"),
     ] {
         let path = dir.join(file);
-        opt.load_state(derain::read_weights(&path)?, &path)?;
+        opt.load_state(weights::read_tensors(&path)?, &path)?;
     }
     let path = dir.join("pool.safetensors");
-    let pool = derain::read_weights(&path)?;
+    let pool = weights::read_tensors(&path)?;
     pools[0].load("fake_clear", &pool, device)?;
     pools[1].load("fake_rainy", &pool, device)?;
     Ok(())
@@ -550,21 +541,14 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
             Domain::folder("rainy", &opts.rainy, opts.load_size(), run.progress)?,
         ),
     };
-    let checkpoints = out.join("checkpoints");
-    std::fs::create_dir_all(&checkpoints).map_err(io_err(out))?;
+    // Clears a checkpoint folder a killed run left half-written.
+    let ck = Checkpoints::open(out)?;
     std::fs::create_dir_all(out.join("samples")).map_err(io_err(out))?;
-    // A run killed while writing a checkpoint leaves its temporary folder behind.
-    for e in std::fs::read_dir(&checkpoints).map_err(io_err(&checkpoints))? {
-        let p = e.map_err(io_err(&checkpoints))?.path();
-        if p.extension().is_some_and(|x| x == "partial") {
-            std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
-        }
-    }
     let mut nets = Nets::new(&opts, device)?;
     let mut pools = Pool::pair(opts.pool);
-    if let Some(ck) = state.checkpoint.filter(|_| run.resume) {
-        load_checkpoint(out, ck, &mut nets, &mut pools, device)?;
-        state.step = ck;
+    if let Some(step) = state.checkpoint.filter(|_| run.resume) {
+        load_checkpoint(&ck, step, &mut nets, &mut pools, device)?;
+        state.step = step;
     }
     let cfg = RunConfig {
         format: FORMAT.into(),
@@ -655,7 +639,7 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
             );
         }
         if k % opts.checkpoint_every == 0 || k == opts.steps {
-            save_checkpoint(out, &nets, &pools, &mut state, k, elapsed)?;
+            save_checkpoint(out, &ck, &nets, &pools, &mut state, k, elapsed)?;
         }
     }
     pb.finish_and_clear();
@@ -768,7 +752,11 @@ mod tests {
             assert!(out.join(f).is_file(), "{f}");
         }
         assert!(out.join("samples/step-00000030.png").is_file());
-        assert!(checkpoint_dir(&out, 30).join("pool.safetensors").is_file());
+        assert!(Checkpoints::open(&out)
+            .unwrap()
+            .dir(30)
+            .join("pool.safetensors")
+            .is_file());
         let g = super::super::translate::load_for(
             &out,
             super::super::translate::Direction::ClearToRainy,

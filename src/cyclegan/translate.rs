@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::{load_generator, Generator};
-use crate::derain::apply::{check_paths, map_media, DerainSummary};
-use crate::derain::{map_image, DerainError, Result, TileChoice, Tiling};
+use super::{load_generator, CycleganError, Generator, Result};
+use crate::infer::{check_paths, map_image, map_media, MediaSummary, TileChoice, Tiling};
 
 /// Which generator of a run folder to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,35 +58,36 @@ pub fn translate_image(
     device: &Device,
     tiling: Option<Tiling>,
 ) -> Result<crate::image_io::RgbImage> {
-    map_image(&|t: &Tensor| g.translate(t), img, device, tiling)
+    Ok(map_image(
+        &|t: &Tensor| g.translate(t),
+        img,
+        device,
+        tiling,
+    )?)
 }
 
-pub fn run(job: &TranslateJob) -> Result<DerainSummary> {
+/// The generator's smallest input side (two stride-2 downsamplings of a reflect-padded image).
+pub const MIN_SIDE: u32 = 8;
+
+pub fn run(job: &TranslateJob) -> Result<MediaSummary> {
     check_paths(&job.input, &job.out)?;
+    // Whole frames unless a tile size is given.
+    let tiling = match job.tiles.resolve(0) {
+        Some(t) => Some(t.check(MIN_SIDE as usize)?),
+        None => None,
+    };
     let g = load_for(&job.model, job.direction, &job.device)?;
-    let tiling = job.tiles.size.filter(|&size| size > 0).map(|size| Tiling {
-        size,
-        overlap: job.tiles.overlap,
-    });
-    if let Some(t) = tiling {
-        if t.size < 8 || t.overlap >= t.size {
-            return Err(DerainError::Usage(format!(
-                "--tile {} must be at least 8 and larger than --overlap {}",
-                t.size, t.overlap
-            )));
-        }
-    }
     map_media(
         &job.input,
         &job.out,
         "translating",
         job.progress,
         &mut |img, path| {
-            if img.width() < 8 || img.height() < 8 {
-                return Err(DerainError::File {
+            if img.width() < MIN_SIDE || img.height() < MIN_SIDE {
+                return Err(CycleganError::File {
                     path: path.to_path_buf(),
                     why: format!(
-                        "is {}x{}; the CycleGAN generator needs at least 8x8",
+                        "is {}x{}; the CycleGAN generator needs at least {MIN_SIDE}x{MIN_SIDE}",
                         img.width(),
                         img.height()
                     ),

@@ -8,23 +8,21 @@
 
 pub mod apply;
 pub mod prenet;
+pub mod train;
 pub mod unet;
 pub mod vit;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::mix_seed;
 use crate::image_io::{self, RgbImage};
+use crate::infer::{self, InferError, Tiling};
+use crate::weights::Params;
 
-/// The run folder's model description.
-pub const CONFIG_FILE: &str = "config.json";
+use crate::runs::CONFIG_FILE;
 /// The run folder's weights (the best checkpoint after training).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// `format` field of `config.json`.
@@ -39,12 +37,6 @@ pub enum DerainError {
     },
     #[error("{}: {why}", path.display())]
     File { path: PathBuf, why: String },
-    #[error("{}: tensor `{name}`: {why}", path.display())]
-    Tensor {
-        path: PathBuf,
-        name: String,
-        why: String,
-    },
     #[error("unknown architecture `{0}` (known: unet, prenet, vit)")]
     UnknownArch(String),
     #[error("architecture `{arch}` has no preset `{preset}` (known: {known})")]
@@ -61,6 +53,9 @@ pub enum DerainError {
     Image(#[from] image_io::ImageIoError),
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightsError),
+    /// Boxed, like `Pairing`: it would make every `DerainError` larger.
+    #[error(transparent)]
+    Infer(Box<InferError>),
     /// Boxed: the test-set errors would make every `DerainError` larger.
     #[error(transparent)]
     Pairing(Box<crate::pairing::PairingError>),
@@ -76,6 +71,12 @@ impl From<crate::pairing::PairingError> for DerainError {
     }
 }
 
+impl From<InferError> for DerainError {
+    fn from(e: InferError) -> Self {
+        DerainError::Infer(Box::new(e))
+    }
+}
+
 impl crate::usage::IsUsage for DerainError {
     fn is_usage(&self) -> bool {
         match self {
@@ -83,7 +84,27 @@ impl crate::usage::IsUsage for DerainError {
             | DerainError::UnknownArch(_)
             | DerainError::UnknownPreset { .. } => true,
             DerainError::Pairing(e) => e.is_usage(),
+            DerainError::Weights(e) => e.is_usage(),
+            DerainError::Infer(e) => e.is_usage(),
             _ => false,
+        }
+    }
+}
+
+/// The trainers' error type carries a de-rainer's errors by kind (it sits below this module).
+impl From<DerainError> for crate::runs::TrainError {
+    fn from(e: DerainError) -> Self {
+        use crate::runs::TrainError;
+        use crate::usage::IsUsage;
+        match e {
+            DerainError::Io { path, source } => TrainError::Io { path, source },
+            DerainError::File { path, why } => TrainError::Run { path, why },
+            DerainError::Image(e) => TrainError::Image(e),
+            DerainError::Weights(e) => TrainError::Weights(e),
+            DerainError::Infer(e) => TrainError::Infer(*e),
+            DerainError::Candle(e) => TrainError::Candle(e),
+            e if e.is_usage() => TrainError::Usage(e.to_string()),
+            e => TrainError::Model(e.to_string()),
         }
     }
 }
@@ -171,6 +192,18 @@ impl ModelConfig {
     }
 
     /// The smallest image side the model accepts.
+    /// Tile size used unless the user says otherwise (0: whole frames): `vit`'s attention
+    /// grows with the square of the token count, so it runs in 256-pixel tiles.
+    pub fn default_tile(&self) -> usize {
+        match self {
+            ModelConfig::Vit(_) => Self::VIT_TILE,
+            _ => 0,
+        }
+    }
+
+    /// Tile size `vit` uses unless told otherwise.
+    pub const VIT_TILE: usize = 256;
+
     pub fn min_side(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.patch,
@@ -204,193 +237,6 @@ impl Model {
             Model::Vit(m) => m.forward(xs),
         }
     }
-}
-
-/// The trainable variables of a model: a [`VarMap`] whose variables are initialised from a seed
-/// (each from its name and the seed, so initialisation does not depend on build order or on the
-/// device's random generator).
-#[derive(Clone)]
-pub struct Params {
-    map: VarMap,
-    seed: u64,
-}
-
-struct SeededBackend(Params);
-
-fn name_salt(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// Box–Muller normal sample.
-fn normal(rng: &mut rand_pcg::Pcg64Mcg, mean: f64, std: f64) -> f32 {
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random();
-    (mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-}
-
-impl SimpleBackend for SeededBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let data = self.0.map.data();
-        let mut vars = data.lock().expect("parameter map poisoned");
-        if let Some(v) = vars.get(name) {
-            if v.shape() != &s {
-                candle_core::bail!("`{name}` has shape {:?}, wanted {s:?}", v.shape());
-            }
-            return Ok(v.as_tensor().clone());
-        }
-        let n = s.elem_count();
-        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(mix_seed(self.0.seed, name_salt(name)));
-        let values: Vec<f32> = match h {
-            Init::Const(c) => vec![c as f32; n],
-            Init::Randn { mean, stdev } => (0..n).map(|_| normal(&mut rng, mean, stdev)).collect(),
-            Init::Uniform { lo, up } => (0..n)
-                .map(|_| (lo + (up - lo) * rng.random::<f64>()) as f32)
-                .collect(),
-            Init::Kaiming {
-                fan, non_linearity, ..
-            } => {
-                let std = non_linearity.gain() / (fan.for_shape(&s) as f64).sqrt();
-                (0..n).map(|_| normal(&mut rng, 0.0, std)).collect()
-            }
-        };
-        let var = Var::from_tensor(&Tensor::from_vec(values, s, dev)?.to_dtype(dtype)?)?;
-        let t = var.as_tensor().clone();
-        vars.insert(name.to_string(), var);
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        let data = self.0.map.data();
-        let vars = data.lock().expect("parameter map poisoned");
-        vars.get(name)
-            .map(|v| v.as_tensor().clone())
-            .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.into() })
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        let data = self.0.map.data();
-        let vars = data.lock().expect("parameter map poisoned");
-        vars.contains_key(name)
-    }
-}
-
-impl Params {
-    pub fn new(seed: u64) -> Self {
-        Params {
-            map: VarMap::new(),
-            seed,
-        }
-    }
-
-    /// A builder whose missing variables are created here.
-    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(
-            Box::new(SeededBackend(self.clone())),
-            DType::F32,
-            device.clone(),
-        )
-    }
-
-    /// A builder over the current values, detached: a model built from it is not tracked for
-    /// gradients, so inference builds no graph (nothing is held for a backward pass) and the
-    /// convolutions take their bounded-memory path.
-    pub fn frozen_var_builder(&self, device: &Device) -> VarBuilder<'static> {
-        self.frozen_var_builder_as(device, DType::F32)
-    }
-
-    /// [`frozen_var_builder`](Self::frozen_var_builder) with the weights cast to `dtype`
-    /// (inference in f16/bf16).
-    pub fn frozen_var_builder_as(&self, device: &Device, dtype: DType) -> VarBuilder<'static> {
-        let tensors: HashMap<String, Tensor> = self
-            .vars()
-            .into_iter()
-            .map(|(k, v)| (k, v.as_tensor().detach()))
-            .collect();
-        VarBuilder::from_tensors(tensors, dtype, device)
-    }
-
-    /// Every variable, sorted by name.
-    pub fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.map.data();
-        let vars = data.lock().expect("parameter map poisoned");
-        let mut v: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// Number of scalar parameters.
-    pub fn count(&self) -> usize {
-        self.vars().iter().map(|(_, v)| v.elem_count()).sum()
-    }
-
-    /// Current values by name (on the CPU), for saving.
-    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
-        self.vars()
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.as_tensor().to_device(&Device::Cpu)?)))
-            .collect()
-    }
-
-    /// Writes the variables as safetensors, under a temporary name then renamed.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        save_tensors(&self.tensors()?, path)
-    }
-
-    /// Sets every variable from `tensors` (read from `path`): a tensor missing from the file, one
-    /// of another shape, and a tensor the model does not have are errors naming the file and
-    /// the tensor.
-    pub fn load_strict(&self, mut tensors: HashMap<String, Tensor>, path: &Path) -> Result<()> {
-        let tensor_err = |name: &str, why: String| DerainError::Tensor {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-            why,
-        };
-        for (name, var) in self.vars() {
-            let t = tensors.remove(&name).ok_or_else(|| {
-                tensor_err(
-                    &name,
-                    "missing (is this a checkpoint of this architecture and preset?)".into(),
-                )
-            })?;
-            if t.dims() != var.dims() {
-                return Err(tensor_err(
-                    &name,
-                    format!("has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
-                ));
-            }
-            var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
-        }
-        if let Some(extra) = tensors.keys().min() {
-            return Err(tensor_err(
-                extra,
-                format!(
-                    "is not a parameter of this model ({} unexpected tensors; wrong architecture or preset?)",
-                    tensors.len()
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Writes tensors as safetensors under a temporary name, then renames.
-pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    Ok(crate::weights::save_safetensors(tensors, path)?)
-}
-
-/// Reads a weight file: safetensors, or a PyTorch state dict in either `torch.save` format
-/// (zip or legacy), unwrapped and without `module.` prefixes (see [`crate::weights`]).
-pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
-    Ok(crate::weights::read_tensors(path)?)
 }
 
 /// `config.json` of a run folder.
@@ -510,158 +356,19 @@ pub fn load_as(
     let mut loaded = build(&config, 0, device)?;
     loaded
         .params
-        .load_strict(read_weights(&weights)?, &weights)?;
+        .load_strict(crate::weights::read_tensors(&weights)?, &weights)?;
     // For inference: the same weights, untracked.
     loaded.model = Model::new(&config, loaded.params.frozen_var_builder_as(device, dtype))?;
     Ok(loaded)
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
-pub fn device_from_name(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        _ if name == "cuda" || name.starts_with("cuda:") => {
-            let ordinal: usize = name
-                .strip_prefix("cuda:")
-                .map(|n| n.parse())
-                .unwrap_or(Ok(0))
-                .map_err(|_| {
-                    DerainError::Usage(format!("bad device `{name}` (cpu, cuda, cuda:N)"))
-                })?;
-            if !candle_core::utils::cuda_is_available() {
-                return Err(DerainError::Usage(format!(
-                    "device `{name}`: this raincheck was built without CUDA (cargo feature `cuda`)"
-                )));
-            }
-            Ok(Device::new_cuda(ordinal)?)
-        }
-        _ => Err(DerainError::Usage(format!(
-            "bad device `{name}` (cpu, cuda, cuda:N)"
-        ))),
-    }
-}
-
-/// Tiling for large frames: tiles of `size` pixels overlapping by `overlap`, blended with linear
-/// ramps across the overlaps.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Tiling {
-    pub size: usize,
-    pub overlap: usize,
-}
-
-/// The tiling a user asked for: a tile size (0: whole frames), or `None` for the architecture's
-/// default (256-pixel tiles for `vit`, whose attention grows with the square of the token count;
-/// whole frames otherwise), with the overlap of neighbouring tiles.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TileChoice {
-    pub size: Option<usize>,
-    pub overlap: usize,
-}
-
-impl TileChoice {
-    /// Tile size `vit` uses unless told otherwise.
-    pub const VIT_DEFAULT: usize = 256;
-
-    pub fn resolve(self, config: &ModelConfig) -> Option<Tiling> {
-        let size = self.size.unwrap_or(match config {
-            ModelConfig::Vit(_) => Self::VIT_DEFAULT,
-            _ => 0,
-        });
-        (size > 0).then_some(Tiling {
-            size,
-            overlap: self.overlap,
-        })
-    }
-}
-
-/// Start offsets of tiles of `size` covering `0..n` with at least `overlap` shared pixels.
-fn tile_starts(n: usize, size: usize, overlap: usize) -> Vec<usize> {
-    if n <= size {
-        return vec![0];
-    }
-    let step = size - overlap;
-    let count = (n - overlap).div_ceil(step);
-    // Spread the tiles evenly; the last one ends at `n`.
-    (0..count)
-        .map(|i| {
-            if count == 1 {
-                0
-            } else {
-                i * (n - size) / (count - 1)
-            }
-        })
-        .collect()
-}
-
-/// Blend weight of pixel `i` of a tile of length `len` starting at `start` in `0..n`: a ramp over
-/// `overlap` pixels on each side that has a neighbour, 1 elsewhere.
-fn ramp(i: usize, len: usize, start: usize, n: usize, overlap: usize) -> f32 {
-    let mut w = 1.0f32;
-    if overlap > 0 {
-        if start > 0 {
-            w = w.min((i as f32 + 0.5) / overlap as f32);
-        }
-        if start + len < n {
-            w = w.min((len - i) as f32 - 0.5).min(overlap as f32) / overlap as f32;
-        }
-    }
-    w.clamp(1e-3, 1.0)
-}
-
 /// De-rains one `(1, 3, h, w)` image, whole or in blended tiles.
 pub fn run_tiled(model: &Model, xs: &Tensor, tiling: Option<Tiling>) -> Result<Tensor> {
-    run_tiled_with(&|t: &Tensor| model.forward(t), xs, tiling)
-}
-
-/// Runs any image-to-image network `net` (`(1, 3, h, w)` → the same shape) over one image, whole
-/// or in tiles blended with linear ramps across their overlaps.
-pub fn run_tiled_with(
-    net: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
-    xs: &Tensor,
-    tiling: Option<Tiling>,
-) -> Result<Tensor> {
-    let (_, _, h, w) = xs.dims4()?;
-    let Some(t) = tiling.filter(|t| h > t.size || w > t.size) else {
-        return Ok(net(xs)?);
-    };
-    if t.overlap >= t.size {
-        return Err(DerainError::Usage(format!(
-            "--overlap {} must be smaller than --tile {}",
-            t.overlap, t.size
-        )));
-    }
-    let mut acc = vec![0f32; 3 * h * w];
-    let mut wsum = vec![0f32; h * w];
-    for &y0 in &tile_starts(h, t.size, t.overlap) {
-        for &x0 in &tile_starts(w, t.size, t.overlap) {
-            let (th, tw) = (t.size.min(h), t.size.min(w));
-            let tile = xs.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
-            let out: Vec<f32> = net(&tile)?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?
-                .flatten_all()?
-                .to_vec1()?;
-            for y in 0..th {
-                let wy = ramp(y, th, y0, h, t.overlap);
-                for x in 0..tw {
-                    let wgt = wy * ramp(x, tw, x0, w, t.overlap);
-                    let o = (y0 + y) * w + x0 + x;
-                    wsum[o] += wgt;
-                    for c in 0..3 {
-                        acc[c * h * w + o] += wgt * out[(c * th + y) * tw + x];
-                    }
-                }
-            }
-        }
-    }
-    for c in 0..3 {
-        for (a, s) in acc[c * h * w..(c + 1) * h * w].iter_mut().zip(&wsum) {
-            *a /= s;
-        }
-    }
-    Ok(Tensor::from_vec(acc, (1, 3, h, w), &Device::Cpu)?
-        .to_dtype(xs.dtype())?
-        .to_device(xs.device())?)
+    Ok(infer::run_tiled(
+        &|t: &Tensor| model.forward(t),
+        xs,
+        tiling,
+    )?)
 }
 
 /// De-rains an RGB8 image at full resolution.
@@ -671,21 +378,11 @@ pub fn derain_image(
     device: &Device,
     tiling: Option<Tiling>,
 ) -> Result<RgbImage> {
-    map_image(&|t: &Tensor| model.forward(t), img, device, tiling)
-}
-
-/// Runs an image-to-image network (on `(1, 3, h, w)` tensors in [0, 1]) over an RGB8 image at
-/// full resolution, whole or in blended tiles.
-pub fn map_image(
-    net: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
-    img: &RgbImage,
-    device: &Device,
-    tiling: Option<Tiling>,
-) -> Result<RgbImage> {
-    let xs = image_io::rgb8_to_tensor(img, device)?.unsqueeze(0)?;
-    let out = run_tiled_with(net, &xs, tiling)?;
-    Ok(image_io::tensor_to_rgb8(
-        &out.squeeze(0)?.clamp(0f32, 1f32)?,
+    Ok(infer::map_image(
+        &|t: &Tensor| model.forward(t),
+        img,
+        device,
+        tiling,
     )?)
 }
 
@@ -790,7 +487,7 @@ mod tests {
             Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
         );
         let extra = dir.path().join("extra.safetensors");
-        save_tensors(&t, &extra).unwrap();
+        crate::weights::save_safetensors(&t, &extra).unwrap();
         let e = err(load(&extra, Some("unet"), Some("tiny"), &Device::Cpu));
         assert!(
             e.contains("`extra.weight`") && e.contains("not a parameter"),
@@ -845,29 +542,31 @@ mod tests {
 
     #[test]
     fn tile_choice_defaults_per_architecture() {
+        use crate::infer::TileChoice;
         let auto = TileChoice {
             size: None,
             overlap: 32,
         };
+        let vit = tiny("vit").default_tile();
         assert_eq!(
-            auto.resolve(&tiny("vit")),
+            auto.resolve(vit),
             Some(Tiling {
-                size: TileChoice::VIT_DEFAULT,
+                size: ModelConfig::VIT_TILE,
                 overlap: 32
             })
         );
-        assert_eq!(auto.resolve(&tiny("unet")), None);
+        assert_eq!(auto.resolve(tiny("unet").default_tile()), None);
         let off = TileChoice {
             size: Some(0),
             overlap: 32,
         };
-        assert_eq!(off.resolve(&tiny("vit")), None);
+        assert_eq!(off.resolve(vit), None);
         let given = TileChoice {
             size: Some(64),
             overlap: 8,
         };
         assert_eq!(
-            given.resolve(&tiny("prenet")),
+            given.resolve(tiny("prenet").default_tile()),
             Some(Tiling {
                 size: 64,
                 overlap: 8
@@ -876,13 +575,7 @@ mod tests {
     }
 
     #[test]
-    fn tiles_cover_the_frame_and_a_single_tile_is_exact() {
-        assert_eq!(tile_starts(100, 100, 16), vec![0]);
-        let s = tile_starts(300, 128, 32);
-        assert_eq!((s[0], *s.last().unwrap()), (0, 300 - 128));
-        for pair in s.windows(2) {
-            assert!(pair[1] - pair[0] <= 128 - 32, "{s:?}");
-        }
+    fn a_single_tile_is_exact_and_blended_tiles_keep_the_identity() {
         let m = build(&tiny("vit"), 2, &Device::Cpu).unwrap();
         let x = input(1, 40, 72);
         let whole = m.model.forward(&x).unwrap();

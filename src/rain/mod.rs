@@ -1,8 +1,9 @@
 //! The physically-motivated rain renderer: streaks in depth layers, veil, lens drops, wet road.
 //!
-//! Pure image math on RGB8 buffers: no files, no tensors. See [`render`] for the model and
-//! [`params`] for every parameter and the presets.
+//! [`render`] is pure image math on RGB8 buffers (no files, no tensors): the model; [`params`]:
+//! every parameter and the presets; [`apply`]: `raincheck rain` over images, folders and videos.
 
+pub mod apply;
 pub mod params;
 pub mod render;
 

@@ -5,12 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use super::RainError;
 
-/// Named starting points; every parameter can be overridden afterwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Named starting points; every parameter can be overridden afterwards. `heavy` unless told
+/// otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     Drizzle,
     Moderate,
+    #[default]
     Heavy,
     Torrential,
 }

@@ -29,8 +29,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 pub use source::{Read, Source, FOLDER_FPS};
 pub use stats::{StreamStats, STAGES};
 
-use crate::derain::{DerainError, TileChoice};
+use crate::derain::DerainError;
 use crate::image_io::{self, RgbImage};
+use crate::infer::TileChoice;
 use crate::rain::{RainParams, RainRenderer};
 #[cfg(feature = "video")]
 use crate::video::VideoWriter;
@@ -117,6 +118,9 @@ pub struct StreamJob {
 }
 
 impl StreamJob {
+    /// Frames each queue between stages holds unless told otherwise.
+    pub const DEFAULT_QUEUE: usize = 4;
+
     pub fn new(input: impl Into<String>) -> Self {
         StreamJob {
             input: input.into(),
@@ -124,14 +128,14 @@ impl StreamJob {
             frames_dir: None,
             side_by_side: false,
             rerun: None,
-            rerun_jpeg_quality: 85,
+            rerun_jpeg_quality: crate::viz::DEFAULT_JPEG_QUALITY,
             rerun_images_every: 1,
             realtime: None,
             max_frames: None,
             resize: None,
             add_rain: None,
             stats_json: None,
-            queue: 4,
+            queue: Self::DEFAULT_QUEUE,
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -177,7 +181,7 @@ impl ModelSpec {
             &self.device,
             self.dtype,
         )?;
-        let tiling = self.tiles.resolve(&m.config);
+        let tiling = self.tiles.resolve(m.config.default_tile());
         let model = m.model;
         Ok(Net {
             name: format!("{} ({})", m.config.arch(), self.model.display()),
@@ -185,7 +189,7 @@ impl ModelSpec {
             dtype: self.dtype,
             min_side: m.config.min_side() as u32,
             forward: Box::new(move |xs: &Tensor| {
-                crate::derain::run_tiled_with(&|t: &Tensor| model.forward(t), xs, tiling)
+                crate::infer::run_tiled(&|t: &Tensor| model.forward(t), xs, tiling)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))
             }),
         })

@@ -26,8 +26,9 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{self, DatasetError};
-use crate::derain::{DerainError, TileChoice};
+use crate::derain::DerainError;
 use crate::image_io;
+use crate::infer::TileChoice;
 
 pub use report::{Cell, MetricCell, StudyReport};
 
@@ -45,9 +46,12 @@ pub enum StudyError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]
-    Train(#[from] crate::train::TrainError),
+    Train(#[from] crate::derain::train::TrainError),
     #[error(transparent)]
     Derain(#[from] DerainError),
+    /// Boxed: it would make every `StudyError` larger.
+    #[error(transparent)]
+    Rain(Box<crate::rain::apply::ApplyError>),
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
@@ -59,6 +63,12 @@ pub enum StudyError {
     Video(#[from] crate::video::VideoError),
 }
 
+impl From<crate::rain::apply::ApplyError> for StudyError {
+    fn from(e: crate::rain::apply::ApplyError) -> Self {
+        StudyError::Rain(Box::new(e))
+    }
+}
+
 impl crate::usage::IsUsage for StudyError {
     fn is_usage(&self) -> bool {
         use crate::usage::IsUsage as U;
@@ -67,6 +77,7 @@ impl crate::usage::IsUsage for StudyError {
             StudyError::Dataset(e) => U::is_usage(e),
             StudyError::Train(e) => U::is_usage(e),
             StudyError::Derain(e) => U::is_usage(e),
+            StudyError::Rain(e) => U::is_usage(e.as_ref()),
             StudyError::Eval(e) => U::is_usage(e),
             _ => false,
         }
@@ -83,11 +94,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StudyError + '_ {
 }
 
 /// How much compute the study gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Budget {
     /// Minutes on a laptop CPU: small frames, a small CycleGAN, short trainings (a pipeline
     /// check with real numbers, not the paper's quality).
+    #[default]
     Tiny,
     /// About an hour or two on a workstation CPU, minutes on a GPU.
     Small,
@@ -498,7 +510,7 @@ fn render_domain(cfg: &StudyConfig, parts: &Parts, out: &Path) -> Result<PathBuf
     if done.is_file() {
         return Ok(dir);
     }
-    let job = crate::synth::RainJob {
+    let job = crate::rain::apply::RainJob {
         input: parts.dir("domain"),
         out: dir.clone(),
         params: crate::rain::RainParams::preset(crate::rain::Preset::Heavy),
@@ -507,7 +519,7 @@ fn render_domain(cfg: &StudyConfig, parts: &Parts, out: &Path) -> Result<PathBuf
         depth_scale: 1000.0,
         progress: cfg.progress,
     };
-    crate::synth::run(&job)?;
+    crate::rain::apply::run(&job)?;
     image_io::write_atomic(&done, b"{}").map_err(io_err(&done))?;
     Ok(dir)
 }
@@ -542,7 +554,7 @@ fn train_cyclegan(
     let run = cg::CycleganRun {
         out: out.to_path_buf(),
         options,
-        resume: out.join(crate::train::STATE_FILE).is_file(),
+        resume: out.join(crate::derain::train::STATE_FILE).is_file(),
         device: cfg.device.clone(),
         progress: cfg.progress,
         rerun: None,
@@ -557,17 +569,17 @@ fn train_derain(cfg: &StudyConfig, plan: &Plan, arch: &str, data: &Path, out: &P
     if out.join(DONE_FILE).is_file() {
         return Ok(());
     }
-    let mut options = crate::train::TrainOptions::new(arch, &plan.preset, data);
+    let mut options = crate::derain::train::TrainOptions::new(arch, &plan.preset, data);
     options.steps = plan.derain_steps;
     options.batch = plan.derain_batch;
     options.crop = plan.derain_crop;
     options.val_every = plan.val_every;
     options.val_limit = 0;
     options.seed = cfg.seed;
-    let run = crate::train::TrainRun {
+    let run = crate::derain::train::TrainRun {
         out: out.to_path_buf(),
         options,
-        resume: out.join(crate::train::STATE_FILE).is_file(),
+        resume: out.join(crate::derain::train::STATE_FILE).is_file(),
         minutes: plan.derain_minutes,
         device: cfg.device.clone(),
         workers: 1,
@@ -578,7 +590,7 @@ fn train_derain(cfg: &StudyConfig, plan: &Plan, arch: &str, data: &Path, out: &P
             overlap: 32,
         },
     };
-    let s = crate::train::train(&run)?;
+    let s = crate::derain::train::train(&run)?;
     let json = serde_json::to_vec_pretty(&s).expect("summary serialises");
     let done = out.join(DONE_FILE);
     image_io::write_atomic(&done, &json).map_err(io_err(&done))

@@ -14,7 +14,10 @@
 //!
 //! This module knows no architecture: which model a file holds is [`crate::registry`]'s job.
 
+mod params;
 pub mod pickle;
+
+pub use params::{device, Params};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -36,6 +39,24 @@ pub enum WeightsError {
     Format { path: PathBuf, why: String },
     #[error("{}: {source}", path.display())]
     Pickle { path: PathBuf, source: PickleError },
+    /// A tensor a model needs is missing, mis-shaped or unexpected.
+    #[error("{}: tensor `{name}`: {why}", path.display())]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        why: String,
+    },
+    /// A `--device` the user named that does not exist here.
+    #[error("{0}")]
+    Device(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl crate::usage::IsUsage for WeightsError {
+    fn is_usage(&self) -> bool {
+        matches!(self, WeightsError::Device(_))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, WeightsError>;

@@ -1,4 +1,5 @@
-//! `raincheck rain`: physical rain onto one image, a folder of images, or a video.
+//! `raincheck rain`: physical rain onto one image, a folder of images, or a video (the files
+//! around [`super::render`], as `derain::apply` is around the de-rainers).
 //!
 //! Each output keeps its input's file stem. Still images get the same rain as `raincheck generate`
 //! gives the same stem and seed; a video gets one particle field for the whole clip, so its rain
@@ -8,10 +9,38 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::dataset::{DatasetError, Result};
 use crate::ids::mix_seed;
 use crate::image_io;
-use crate::rain::{DepthMap, RainParams, RainRenderer};
+use crate::rain::{DepthMap, RainError, RainParams, RainRenderer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{}: {why}", path.display())]
+    Path { path: PathBuf, why: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Rain(#[from] RainError),
+    #[error(transparent)]
+    Image(#[from] image_io::ImageIoError),
+    #[cfg(feature = "video")]
+    #[error(transparent)]
+    Video(#[from] crate::video::VideoError),
+}
+
+pub type Result<T> = std::result::Result<T, ApplyError>;
+
+impl crate::usage::IsUsage for ApplyError {
+    fn is_usage(&self) -> bool {
+        matches!(self, ApplyError::Rain(e) if crate::usage::IsUsage::is_usage(e))
+    }
+}
+
+/// Depth PNG values per metre in KITTI's depth maps (the usual 16-bit convention).
+pub const KITTI_DEPTH_SCALE: f32 = 256.0;
 
 pub struct RainJob {
     /// An image, a folder of images, or a video.
@@ -22,7 +51,7 @@ pub struct RainJob {
     pub seed: u64,
     /// A depth PNG (for an image) or a folder of them named by stem (for a folder).
     pub depth: Option<PathBuf>,
-    /// Depth PNG value per metre.
+    /// Depth PNG value per metre ([`KITTI_DEPTH_SCALE`] unless told otherwise).
     pub depth_scale: f32,
     pub progress: bool,
 }
@@ -41,22 +70,25 @@ pub fn image_seed(seed: u64, stem: &str) -> u64 {
 pub fn run(job: &RainJob) -> Result<RainSummary> {
     let input = &job.input;
     if !input.exists() {
-        return Err(DatasetError::Path {
+        return Err(ApplyError::Path {
             path: input.clone(),
             why: "no such file or folder".into(),
         });
     }
     if job.out.exists() && !job.out.is_dir() {
-        return Err(DatasetError::Path {
+        return Err(ApplyError::Path {
             path: job.out.clone(),
             why: "exists and is not a folder (--out takes a folder)".into(),
         });
     }
-    std::fs::create_dir_all(&job.out).map_err(crate::dataset::io_err(&job.out))?;
+    std::fs::create_dir_all(&job.out).map_err(|source| ApplyError::Io {
+        path: job.out.clone(),
+        source,
+    })?;
     if input.is_dir() {
         let images = image_io::images_by_stem(input)?;
         if images.is_empty() {
-            return Err(DatasetError::Path {
+            return Err(ApplyError::Path {
                 path: input.clone(),
                 why: "contains no PNG or JPEG images".into(),
             });
@@ -105,7 +137,7 @@ fn rain_image(job: &RainJob, path: &Path, depth: Option<&Path>) -> Result<PathBu
     });
     let rainy = renderer
         .render(&img, 0, dm.as_ref())
-        .map_err(|e| DatasetError::Path {
+        .map_err(|e| ApplyError::Path {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
@@ -160,7 +192,7 @@ fn rain_video(job: &RainJob) -> Result<RainSummary> {
 
 #[cfg(not(feature = "video"))]
 fn rain_video(job: &RainJob) -> Result<RainSummary> {
-    Err(DatasetError::Path {
+    Err(ApplyError::Path {
         path: job.input.clone(),
         why: "is not a PNG/JPEG image; video input needs the `video` feature".into(),
     })

@@ -1,11 +1,9 @@
 //! Integration tests: the real `raincheck` executable in temporary folders, on small copies of
 //! the bundled real frames and clip.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// `raincheck generate --clear CLEAR --out OUT EXTRA…`, which must succeed: its stdout.
 fn generate_ok(clear: &Path, out: &Path, extra: &[&str]) -> String {
@@ -935,10 +933,14 @@ fn train_derain_improves_held_out_images_and_runs() {
             .count(),
         2
     );
-    assert_eq!(
-        names_containing(&run.join("checkpoints"), ".safetensors").len(),
-        4
-    );
+    // The shared checkpoint layout: one folder per kept step, both files in each.
+    let kept = names_containing(&run.join("checkpoints"), "step-");
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for k in &kept {
+        for f in ["model.safetensors", "optim.safetensors"] {
+            assert!(run.join("checkpoints").join(k).join(f).is_file(), "{k}/{f}");
+        }
+    }
     assert!(names_containing(&run, ".tmp").is_empty());
 
     // The held-out test split: the trained model beats its rainy input.
@@ -1064,16 +1066,39 @@ fn train_resume_continues_exactly() {
     let mut resume = train_args(&ds, &b, "unet", "6");
     resume.extend_from_slice(&["--val-every", "3", "--resume"]);
     ok(&resume);
-    let ckpt =
-        |run: &Path| std::fs::read(run.join("checkpoints/step-00000006.safetensors")).unwrap();
+    let ckpt = |run: &Path| {
+        std::fs::read(run.join("checkpoints/step-00000006/model.safetensors")).unwrap()
+    };
     assert!(
         ckpt(&a) == ckpt(&b),
         "resumed weights differ from an uninterrupted run's"
     );
     let optim = |run: &Path| {
-        std::fs::read(run.join("checkpoints/step-00000006.optim.safetensors")).unwrap()
+        std::fs::read(run.join("checkpoints/step-00000006/optim.safetensors")).unwrap()
     };
     assert!(optim(&a) == optim(&b));
+
+    // A run made before the shared layout (flat step-N.safetensors + step-N.optim.safetensors
+    // files) resumes too, to the same weights.
+    let old = t.path().join("old");
+    let mut args = train_args(&ds, &old, "unet", "3");
+    args.extend_from_slice(&["--val-every", "3"]);
+    ok(&args);
+    let ck = old.join("checkpoints");
+    for (from, to) in [
+        ("model.safetensors", "step-00000003.safetensors"),
+        ("optim.safetensors", "step-00000003.optim.safetensors"),
+    ] {
+        std::fs::rename(ck.join("step-00000003").join(from), ck.join(to)).unwrap();
+    }
+    std::fs::remove_dir(ck.join("step-00000003")).unwrap();
+    let mut resume = train_args(&ds, &old, "unet", "6");
+    resume.extend_from_slice(&["--val-every", "3", "--resume"]);
+    ok(&resume);
+    assert!(
+        ckpt(&old) == ckpt(&a),
+        "a flat-layout run resumed differently"
+    );
 
     // A real kill mid-run (SIGKILL, no chance to clean up), then --resume: the same weights as
     // the uninterrupted run, and the recording of the resumed part is written.
@@ -1101,8 +1126,9 @@ fn train_resume_continues_exactly() {
     let mut resume = train_args(&ds, &c, "unet", "120");
     resume.extend_from_slice(&["--val-every", "3", "--resume", "--save", s(&rrd)]);
     ok(&resume);
-    let last =
-        |run: &Path| std::fs::read(run.join("checkpoints/step-00000120.safetensors")).unwrap();
+    let last = |run: &Path| {
+        std::fs::read(run.join("checkpoints/step-00000120/model.safetensors")).unwrap()
+    };
     assert!(
         last(&straight) == last(&c),
         "killed and resumed run differs from an uninterrupted one"
@@ -1589,6 +1615,73 @@ fn exit_codes_are_consistent_across_commands() {
 
 /// Every library error type classifies itself as usage (exit 2) or failure (exit 1), looking
 /// through the errors it wraps.
+/// Defaults are defined once, in the library, and `--help` shows those values.
+#[test]
+fn help_shows_the_library_defaults() {
+    let cg = raincheck::cyclegan::run::CycleganOptions::default();
+    let help = ok(&["train", "cyclegan", "--help"]);
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (flag, value) in [
+        ("--steps", cg.steps.to_string()),
+        ("--blocks", cg.blocks.to_string()),
+        ("--checkpoint-every", cg.checkpoint_every.to_string()),
+    ] {
+        let after = &flat[flat
+            .find(&format!("{flag} <"))
+            .unwrap_or_else(|| panic!("{flag}"))..];
+        let next = after[2..].find(" --").map_or(after.len(), |i| i + 2);
+        assert!(
+            after[..next].contains(&format!("[default: {value}]")),
+            "{flag}: {}",
+            &after[..next]
+        );
+    }
+    let d = raincheck::derain::train::TrainOptions::default();
+    let help = ok(&["train", "derain", "--help"]);
+    for value in [d.steps.to_string(), d.crop.to_string(), d.lr.to_string()] {
+        assert!(help.contains(&format!("[default: {value}]")), "{value}");
+    }
+    // --config < flags, and both over the defaults, as the library layers them.
+    let t = tempfile::tempdir().unwrap();
+    let toml = t.path().join("o.toml");
+    std::fs::write(&toml, "steps = 7\nngf = 8\nclear = \"c\"\nrainy = \"r\"\n").unwrap();
+    #[derive(serde::Serialize)]
+    struct Flags {
+        ngf: Option<usize>,
+        ndf: Option<usize>,
+    }
+    let o = raincheck::cyclegan::run::CycleganOptions::layered(
+        Some(&toml),
+        &Flags {
+            ngf: Some(16),
+            ndf: None,
+        },
+        false,
+    )
+    .unwrap();
+    assert_eq!((o.steps, o.ngf, o.ndf), (7, 16, cg.ndf));
+    // Resuming without --steps keeps the run's own length (0); a fresh run needs its domains.
+    let o = raincheck::cyclegan::run::CycleganOptions::layered(
+        Some(&toml),
+        &Flags {
+            ngf: None,
+            ndf: None,
+        },
+        true,
+    )
+    .unwrap();
+    assert_eq!(o.steps, 0);
+    let none = raincheck::cyclegan::run::CycleganOptions::layered(
+        None,
+        &Flags {
+            ngf: None,
+            ndf: None,
+        },
+        false,
+    );
+    assert!(none.is_err());
+}
+
 mod error_classes {
     use raincheck::dataset::DatasetError;
     use raincheck::derain::DerainError;
@@ -1641,8 +1734,23 @@ mod error_classes {
             why: "two layouts".into(),
         };
         assert!(!layout.is_usage());
-        assert!(TrainError::Model(preset()).is_usage() && TrainError::Dataset(flag()).is_usage());
-        assert!(!TrainError::Model(file()).is_usage());
+        // The trainers' error carries a model's errors by kind.
+        assert!(TrainError::from(preset()).is_usage() && TrainError::Dataset(flag()).is_usage());
+        assert!(!TrainError::from(file()).is_usage());
+        let device = || raincheck::weights::WeightsError::Device("cuda:9".into());
+        assert!(device().is_usage() && TrainError::from(DerainError::from(device())).is_usage());
+        let cyclegan = raincheck::cyclegan::CycleganError::from(device());
+        assert!(cyclegan.is_usage() && TrainError::from(cyclegan).is_usage());
+        let tiles = || raincheck::infer::InferError::Usage("--tile 4".into());
+        assert!(tiles().is_usage() && DerainError::from(tiles()).is_usage());
+        let apply_file = raincheck::rain::apply::ApplyError::Path {
+            path: PathBuf::from("x.png"),
+            why: "missing".into(),
+        };
+        assert!(!apply_file.is_usage());
+        assert!(
+            raincheck::rain::apply::ApplyError::from(RainError::Invalid("x".into())).is_usage()
+        );
         assert!(StudyError::Eval(EvalError::Usage("x".into())).is_usage());
         assert!(StudyError::Train(TrainError::Usage("x".into())).is_usage());
         assert!(!StudyError::Derain(file()).is_usage());

@@ -1,9 +1,7 @@
 //! `raincheck study` in miniature: tiny images, a few steps per stage, every cell of the table,
 //! resumption after a kill, and bad inputs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// 29 small clear images: the bundled stills and frames of the bundled clip.
 #[cfg(feature = "video")]

@@ -9,8 +9,8 @@
 //! - `train.json`: the training options (a resumed run must use the same ones);
 //! - `state.json`: step, best score, checkpoints kept; written last, so a run killed at any
 //!   moment resumes from the last complete checkpoint;
-//! - `checkpoints/step-NNNNNNNN.safetensors` (+ `.optim.safetensors`: AdamW moments): the last
-//!   `keep_last`;
+//! - `checkpoints/step-NNNNNNNN/` (`model.safetensors` + `optim.safetensors`: AdamW moments),
+//!   the layout every trainer shares ([`Checkpoints`]): the last `keep_last`;
 //! - `log.jsonl`: one line per validation (loss, learning rate, scores, time).
 //!
 //! Batch `k` of the reader is a function of the seed and `k` alone, and step `k` consumes batch
@@ -23,10 +23,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, PairReader, ReaderConfig, Split};
-use crate::derain::{self, Loaded, ModelConfig, RunConfig, TileChoice, Tiling};
+use crate::derain::{self, Loaded, ModelConfig, RunConfig};
 use crate::image_io;
+use crate::infer::{TileChoice, Tiling};
 use crate::metrics;
-use crate::runs::{append_jsonl, io_err, open_run_state, read_json, write_json};
+use crate::runs::{append_jsonl, open_run_state, read_json, write_json, Checkpoints};
 use crate::viz::{Recorder, RerunTarget};
 
 use crate::optim::cpu_f32;
@@ -58,12 +59,14 @@ pub struct TrainOptions {
     pub seed: u64,
 }
 
-impl TrainOptions {
-    pub fn new(arch: &str, preset: &str, data: &Path) -> Self {
+/// The defaults `raincheck train derain` shows and uses (a `unet tiny` run; the data folder
+/// must be set).
+impl Default for TrainOptions {
+    fn default() -> Self {
         TrainOptions {
-            arch: arch.into(),
-            preset: preset.into(),
-            data: data.to_path_buf(),
+            arch: "unet".into(),
+            preset: "tiny".into(),
+            data: PathBuf::new(),
             steps: 2000,
             batch: 4,
             crop: 96,
@@ -76,6 +79,17 @@ impl TrainOptions {
             val_limit: 16,
             keep_last: 2,
             seed: 0,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn new(arch: &str, preset: &str, data: &Path) -> Self {
+        TrainOptions {
+            arch: arch.into(),
+            preset: preset.into(),
+            data: data.to_path_buf(),
+            ..Default::default()
         }
     }
 
@@ -117,6 +131,28 @@ pub struct TrainRun {
     pub rerun: Option<RerunTarget>,
     /// Tiling of the validation images (the architecture's default unless given).
     pub tiles: TileChoice,
+}
+
+impl TrainRun {
+    /// Data-loading threads unless told otherwise: two keep the reader ahead of a CPU step
+    /// without taking cores from it.
+    pub const DEFAULT_WORKERS: usize = 2;
+
+    /// A fresh run with the defaults: no time limit, on the CPU, default workers, progress
+    /// bars, no recording, the architecture's validation tiling.
+    pub fn new(out: impl Into<PathBuf>, options: TrainOptions) -> Self {
+        TrainRun {
+            out: out.into(),
+            options,
+            resume: false,
+            minutes: None,
+            device: Device::Cpu,
+            workers: Self::DEFAULT_WORKERS,
+            progress: true,
+            rerun: None,
+            tiles: TileChoice::whole(),
+        }
+    }
 }
 
 /// `state.json`.
@@ -199,12 +235,22 @@ fn train_bytes(ds: &Dataset) -> u64 {
         .sum()
 }
 
-fn checkpoint_paths(out: &Path, step: u64) -> (PathBuf, PathBuf) {
-    let dir = out.join("checkpoints");
-    (
-        dir.join(format!("step-{step:08}.safetensors")),
-        dir.join(format!("step-{step:08}.optim.safetensors")),
-    )
+/// A checkpoint's optimizer file (beside [`derain::WEIGHTS_FILE`]).
+const OPTIM_FILE: &str = "optim.safetensors";
+
+/// The weight and optimizer files of checkpoint `step`: in its folder, or as the flat files
+/// `step-N.safetensors` + `step-N.optim.safetensors` runs made before the shared layout used.
+fn checkpoint_files(ck: &Checkpoints, out: &Path, step: u64) -> (PathBuf, PathBuf) {
+    let dir = ck.dir(step);
+    let flat = out.join(Checkpoints::DIR);
+    let legacy = (
+        flat.join(format!("step-{step:08}.safetensors")),
+        flat.join(format!("step-{step:08}.optim.safetensors")),
+    );
+    if !dir.is_dir() && legacy.0.is_file() {
+        return legacy;
+    }
+    (dir.join(derain::WEIGHTS_FILE), dir.join(OPTIM_FILE))
 }
 
 /// The validation pairs, decoded once, with the rainy inputs' scores (which never change).
@@ -353,16 +399,17 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
             cache: train_bytes(&ds) < CACHE_LIMIT_BYTES,
         },
     )?;
-    std::fs::create_dir_all(out.join("checkpoints")).map_err(io_err(out))?;
+    let ck = Checkpoints::open(out)?;
 
     let device = &run.device;
     let m = derain::build(&config, opts.seed, device)?;
     let mut optim = AdamW::new(m.params.vars(), opts.weight_decay)?;
     if run.resume {
         if let Some(&last) = state.checkpoints.last() {
-            let (wp, op) = checkpoint_paths(out, last);
-            m.params.load_strict(derain::read_weights(&wp)?, &wp)?;
-            optim.load_state(derain::read_weights(&op)?, &op)?;
+            let (wp, op) = checkpoint_files(&ck, out, last);
+            m.params
+                .load_strict(crate::weights::read_tensors(&wp)?, &wp)?;
+            optim.load_state(crate::weights::read_tensors(&op)?, &op)?;
         }
     } else {
         RunConfig::new(&opts.preset, config.clone()).write(out)?;
@@ -429,6 +476,7 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
             let elapsed = elapsed_before + started.elapsed().as_secs_f64();
             let v = checkpoint(
                 run,
+                &ck,
                 &opts,
                 &m,
                 &optim,
@@ -502,6 +550,7 @@ pub fn train_step(
 #[allow(clippy::too_many_arguments)]
 fn checkpoint(
     run: &TrainRun,
+    ck: &Checkpoints,
     opts: &TrainOptions,
     m: &Loaded,
     optim: &AdamW,
@@ -513,28 +562,36 @@ fn checkpoint(
     rec: Option<&Recorder>,
 ) -> Result<Validation> {
     let out = &run.out;
-    let (v, sample) = validate(m, val, &run.device, run.tiles.resolve(&m.config), step)?;
-    let (wp, op) = checkpoint_paths(out, step);
-    m.params.save(&wp)?;
-    derain::save_tensors(&optim.state()?, &op)?;
+    let (v, sample) = validate(
+        m,
+        val,
+        &run.device,
+        run.tiles.resolve(m.config.default_tile()),
+        step,
+    )?;
+    ck.write(step, |dir| {
+        m.params.save(&dir.join(derain::WEIGHTS_FILE))?;
+        Ok(crate::weights::save_safetensors(
+            &optim.state()?,
+            &dir.join(OPTIM_FILE),
+        )?)
+    })?;
     if state.best_psnr_y.is_none_or(|b| v.psnr_y > b) {
         m.params.save(&out.join(derain::WEIGHTS_FILE))?;
         state.best_psnr_y = Some(v.psnr_y);
         state.best_step = Some(step);
     }
-    state.checkpoints.retain(|&s| s != step);
-    state.checkpoints.push(step);
-    let drop_n = state.checkpoints.len().saturating_sub(opts.keep_last);
-    let dropped: Vec<u64> = state.checkpoints.drain(..drop_n).collect();
+    let dropped = Checkpoints::rotate(&mut state.checkpoints, step, opts.keep_last);
     state.step = step;
     state.elapsed_s = elapsed_s;
     write_json(&out.join(STATE_FILE), state)?;
     // Only after the state no longer names them.
-    for s in dropped {
-        let (a, b) = checkpoint_paths(out, s);
+    for s in &dropped {
+        let (a, b) = checkpoint_files(ck, out, *s);
         let _ = std::fs::remove_file(a);
         let _ = std::fs::remove_file(b);
     }
+    ck.remove(dropped);
     let loss = if loss_acc.1 > 0 {
         loss_acc.0 / loss_acc.1 as f64
     } else {

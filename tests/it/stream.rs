@@ -2,16 +2,15 @@
 //! executable and through the library.
 #![cfg(feature = "video")]
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use common::*;
-use raincheck::derain::{TileChoice, WEIGHTS_FILE};
+use raincheck::derain::WEIGHTS_FILE;
 use raincheck::image_io::RgbImage;
+use raincheck::infer::TileChoice;
 use raincheck::stream::{self, ModelSpec, Net, StreamJob, StreamStats};
 use raincheck::video::{VideoReader, VideoSource, VideoWriter};
 
@@ -390,7 +389,7 @@ fn truncated_and_bad_inputs() {
 }
 
 fn run_cmd(args: &[&str]) -> std::process::Output {
-    common::run(args)
+    crate::common::run(args)
 }
 
 #[test]
