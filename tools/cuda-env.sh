@@ -5,13 +5,18 @@
 # Source it (exports env vars) or run it (`bash tools/cuda-env.sh` prints `export ...` lines).
 # Idempotent: a second run only re-exports.
 #
-# Knobs (env): RAINCHECK_CUDA_VENV (venv dir, default ~/.cache/raincheck/cuda-venv, outside the repo),
-#   RAINCHECK_CUDA_TOOLKIT (cuda-toolkit wheel version, default 13.4.3; cudarc 0.19.10 knows <= 13.4),
-#   CUDA_COMPUTE_CAP (default 90 = H100; no GPU is visible here so it must be given).
+# Knobs (env): RAINCHECK_CUDA_VENV (venv dir, default ~/.cache/raincheck/cuda-venv-VERSION, outside
+#   the repo, so CI machines keep it between runs),
+#   RAINCHECK_CUDA_TOOLKIT (cuda-toolkit wheel version, default 13.0.2: the oldest CUDA 13, whose
+#   PTX (ISA 9.0) every driver >= 580 can JIT; newer toolkits emit PTX that driver 580 refuses;
+#   cudarc 0.19.10 knows <= 13.4),
+#   CUDA_COMPUTE_CAP (default 90 = H100/H200; no GPU is visible here so it must be given).
 #
 # What it does:
-#  1. python3 venv + `pip install cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==13.4.3`
+#  1. python3 venv + `pip install -c tools/cuda-constraints.txt cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==13.0.2`
 #     (~0.7 GB download, 1.2 GB installed; everything lands in <venv>/lib/python3.*/site-packages/nvidia/cu13).
+#     The constraints file pins every nvidia-* wheel (the metapackage leaves nvvm and crt unpinned);
+#     another RAINCHECK_CUDA_TOOLKIT is installed unpinned, with a warning.
 #  2. Unversioned lib*.so symlinks (the wheels ship only lib*.so.13) so `-lcublas` etc. resolve at link time.
 #  3. A link-time-only stub libcuda.so (soname libcuda.so.1) in cu13/lib/stubs: the driver library is not
 #     on PyPI, and cudarc (feature dynamic-linking, as candle 0.11 sets it) links -lcuda. At run time the
@@ -20,10 +25,17 @@
 #     CUDARC_CUDA_VERSION, CUDA_COMPUTE_CAP, CUDAFORGE_THREADS.
 
 _raincheck_cuda_env() {
-  local venv="${RAINCHECK_CUDA_VENV:-$HOME/.cache/raincheck/cuda-venv}"
-  local tk="${RAINCHECK_CUDA_TOOLKIT:-13.4.3}"
+  local tk="${RAINCHECK_CUDA_TOOLKIT:-13.0.2}"
+  local venv="${RAINCHECK_CUDA_VENV:-$HOME/.cache/raincheck/cuda-venv-$tk}"
   local spec="cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==${tk}"
-  local stamp="$venv/.raincheck-cuda-$tk"
+  local here constraints=()
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  if grep -qx "cuda-toolkit==$tk" "$here/cuda-constraints.txt" 2>/dev/null; then
+    constraints=(-c "$here/cuda-constraints.txt")
+  else
+    echo "cuda-env: warning: no pins for cuda-toolkit $tk in tools/cuda-constraints.txt; its nvidia-* wheels are unpinned" >&2
+  fi
+  local stamp="$venv/.raincheck-cuda-$tk-$(cksum < "$here/cuda-constraints.txt" | cut -d' ' -f1)"
 
   # Debian packages: a C++ host compiler for nvcc, python3-venv for the venv.
   local need=() pkg
@@ -41,7 +53,7 @@ _raincheck_cuda_env() {
   if [ ! -f "$stamp" ]; then
     echo "cuda-env: installing $spec into $venv (~0.7 GB download)" >&2
     { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } || return 1
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --progress-bar off "$spec" >&2 || return 1
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --progress-bar off "${constraints[@]}" "$spec" >&2 || return 1
   fi
 
   local cu

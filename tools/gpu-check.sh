@@ -43,6 +43,9 @@ prepare() {
     CARGO_TARGET_DIR=target/cuda cargo build --release --locked "${features[@]}" --bin raincheck
   )
   strip -o "$dir/raincheck" target/cuda/release/raincheck
+  # The PTX ISA of candle's embedded kernels: the driver must be new enough to JIT it.
+  grep -aoE -m1 '\.version [0-9]+\.[0-9]+' "$dir/raincheck" | cut -d' ' -f2 >"$dir/ptx-isa.txt" || true
+  echo "PTX ISA of the kernels: $(cat "$dir/ptx-isa.txt")" >&2
   xz -T0 -6 -f "$dir/raincheck"
   du -sh "$dir"
   echo "carry $dir to the GPU machine and run: tools/gpu-check.sh run" >&2
@@ -77,6 +80,16 @@ run() {
   [ -x "$rc" ] || { echo "no $rc: run 'tools/gpu-check.sh prepare' first" >&2; exit 1; }
   find_cuda_libs
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  # PTX ISA 9.N needs a CUDA 13.N driver or newer (8.x: CUDA 12).
+  local drv isa
+  drv=$(nvidia-smi 2>/dev/null | grep -oE 'CUDA Version: [0-9]+\.[0-9]+' | cut -d' ' -f3 || true)
+  isa=$(cat "$dir/ptx-isa.txt" 2>/dev/null || grep -aoE -m1 '\.version [0-9]+\.[0-9]+' "$rc" | cut -d' ' -f2 || true)
+  echo "driver CUDA version: ${drv:-unknown}; PTX ISA of the binary: ${isa:-unknown}"
+  if [ -n "$drv" ] && [ -n "$isa" ] && [ "${isa%%.*}" -ge 9 ] && [ "${drv%%.*}" -eq 13 ] &&
+    [ "${isa#*.}" -gt "${drv#*.}" ]; then
+    echo "the driver (CUDA $drv) cannot JIT PTX ISA $isa: build with CUDA 13.${drv#*.} or older (tools/cuda-env.sh, RAINCHECK_CUDA_TOOLKIT)" >&2
+    exit 1
+  fi
   if ldd "$rc" | grep "not found"; then
     echo "the binary's libraries above are missing (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)" >&2
     exit 1
