@@ -292,6 +292,49 @@ pub fn resize_rgb8(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> 
     Ok(RgbImage::from_raw(width, height, bytes.to_vec()).expect("resize keeps 3 channels"))
 }
 
+/// Dense optical flow between frames (OpenCV's DIS, Kroeger et al. 2016, `MEDIUM` preset, on
+/// the gray frames), for the temporal metrics ([`crate::metrics::temporal`]).
+pub struct FlowEstimator {
+    dis: opencv::core::Ptr<opencv::video::DISOpticalFlow>,
+}
+
+impl FlowEstimator {
+    pub fn new() -> Result<Self> {
+        let dis = cv(
+            opencv::video::DISOpticalFlow::create(opencv::video::DISOpticalFlow_PRESET_MEDIUM),
+            || "DIS optical flow".into(),
+        )?;
+        Ok(FlowEstimator { dis })
+    }
+
+    /// The flow from `a` to `b` (same size): for each pixel of `a`, row-major, the
+    /// displacement `(dx, dy)` to where it is in `b`.
+    pub fn flow(&mut self, a: &RgbImage, b: &RgbImage) -> Result<Vec<[f32; 2]>> {
+        let gray = |img: &RgbImage| -> Result<Mat> {
+            let rgb = rgb_mat(img, "flow input")?;
+            let mut g = Mat::default();
+            cv(
+                imgproc::cvt_color_def(&rgb, &mut g, imgproc::COLOR_RGB2GRAY),
+                || "RGB→gray".into(),
+            )?;
+            Ok(g)
+        };
+        let (ga, gb) = (gray(a)?, gray(b)?);
+        let mut flow = Mat::default();
+        cv(
+            opencv::prelude::DenseOpticalFlowTrait::calc(&mut self.dis, &ga, &gb, &mut flow),
+            || "DIS optical flow".into(),
+        )?;
+        let uv = cv(flow.data_typed::<opencv::core::Vec2f>(), || {
+            "DIS optical flow".into()
+        })?
+        .iter()
+        .map(|v| [v[0], v[1]])
+        .collect();
+        Ok(uv)
+    }
+}
+
 /// BGR `Mat` → `(3, h, w)` f32 tensor in [0, 1].
 pub fn mat_to_tensor(mat: &Mat, device: &Device) -> Result<Tensor> {
     Ok(image_io::rgb8_to_tensor(&mat_to_rgb8(mat)?, device)?)
@@ -505,6 +548,32 @@ pub fn extract_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A crop of a bundled real frame whose content moved right by `dx` and down by `dy`.
+    pub(crate) fn moved_scene(dx: u32, dy: u32) -> RgbImage {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let frame = image_io::load_rgb8(&root.join("datasets/samples/frames/dlib_la_downtown.jpg"))
+            .unwrap();
+        image::imageops::crop_imm(&frame, 300 - dx, 200 - dy, 160, 120).to_image()
+    }
+
+    #[test]
+    fn optical_flow_recovers_a_known_shift() {
+        let (a, b) = (moved_scene(0, 0), moved_scene(2, 1));
+        let uv = FlowEstimator::new().unwrap().flow(&a, &b).unwrap();
+        assert_eq!(uv.len(), 160 * 120);
+        // Away from the borders the content moved by (2, 1): the medians are within 0.25 px.
+        let median = |c: usize| {
+            let mut v: Vec<f32> = (20..100)
+                .flat_map(|y| (20..140).map(move |x| (x, y)))
+                .map(|(x, y)| uv[y * 160 + x][c])
+                .collect();
+            v.sort_by(f32::total_cmp);
+            v[v.len() / 2]
+        };
+        assert!((median(0) - 2.0).abs() < 0.25, "dx {}", median(0));
+        assert!((median(1) - 1.0).abs() < 0.25, "dy {}", median(1));
+    }
 
     #[test]
     fn parses_sources() {

@@ -35,6 +35,11 @@ pub mod paths {
     pub const METRICS_PSNR_Y: &str = "metrics/psnr_y";
     /// `raincheck stream --add-rain`: `metrics/ssim_y/rainy` and `metrics/ssim_y/derained`.
     pub const METRICS_SSIM_Y: &str = "metrics/ssim_y";
+    /// `raincheck stream` with temporal metrics: the warping error of the de-rained video (8-bit
+    /// levels; lower is steadier).
+    pub const METRICS_WARP_ERROR: &str = "metrics/warp_error";
+    /// `raincheck stream` with temporal metrics: the flicker of the de-rained video.
+    pub const METRICS_FLICKER: &str = "metrics/flicker";
     /// `raincheck stream`: per-frame stage latencies, `timing/<stage>_ms`.
     pub const TIMING: &str = "timing";
     /// `raincheck stream`: frames finished in the last second.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuilds eval/reference/fixtures: crops of bundled real frames, noise/blur/rain versions, and
-# the reference metric values from scikit-image. Needs the .venv of tools/bench.sh (numpy,
+# the reference metric values from scikit-image, and the NIQE fixtures. Needs the .venv of tools/bench.sh (numpy,
 # scikit-image, pillow) and a built raincheck.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,3 +17,5 @@ done
 rmdir "$tmp"
 "$py" eval/reference/metrics_reference.py score "$out"
 "$py" eval/reference/metrics_reference.py variants "$out"
+"$py" eval/reference/niqe_reference.py make-inputs "$out/niqe"
+"$py" eval/reference/niqe_reference.py score "$out/niqe"

@@ -14,13 +14,14 @@ pub struct EvalArgs {
     /// Folder of de-rained outputs (any tool's).
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pred: Option<PathBuf>,
-    /// Folder of clean targets (paired with --pred by file stem), or a test set as it ships:
+    /// Folder of clean targets (paired with --pred by file stem; without it, only NIQE is
+    /// reported, for real rain that has no clean image), or a test set as it ships:
     /// rain-NNN/norain-NNN in one folder (Rain100L/H), NNN_in/NNN_GT (Rain12), rainy/ + norain/
     /// or input/ + target/ (Test100, Test1200, Restormer's folders), rainy_image/ +
     /// ground_truth/ with several rainy images per clean one (Rain1400). For a test set its
     /// rainy images are the inputs and each output is found by its rainy image's stem (as
     /// `raincheck derain TESTSET` names them).
-    #[arg(long, required_unless_present = "model")]
+    #[arg(long)]
     target: Option<PathBuf>,
     /// Pair a test set by pattern: RAINY_GLOB=CLEAN_TEMPLATE relative to --target, `*` in the
     /// glob's file name, `{1}`, `{2}`… in the template for what the stars matched, e.g.
@@ -28,7 +29,8 @@ pub struct EvalArgs {
     #[arg(
         long,
         value_name = "RAINY_GLOB=CLEAN_TEMPLATE",
-        conflicts_with = "model"
+        conflicts_with = "model",
+        requires = "target"
     )]
     pair: Option<raincheck::pairing::PairPattern>,
     /// Scoring protocol: matlab-uint8 (Y of rgb2ycbcr on uint8, rounded, as Restormer's
@@ -93,8 +95,20 @@ impl EvalArgs {
             })
             .map_err(fail)?
         } else {
-            let (Some(pred), Some(target)) = (self.pred, self.target) else {
-                return Err(usage("give --pred and --target, or --model and --data"));
+            let Some(pred) = self.pred else {
+                return Err(usage("give --pred (with --target), or --model and --data"));
+            };
+            let Some(target) = self.target else {
+                let r = raincheck::eval::noref::run(&raincheck::eval::noref::NoRefConfig {
+                    pred,
+                    input: self.input,
+                    report: self.report.clone(),
+                    progress: ctx.progress,
+                })
+                .map_err(fail)?;
+                println!("{}", raincheck::eval::noref::summary_table(&r));
+                println!("report: {}", self.report.display());
+                return Ok(());
             };
             raincheck::eval::run(&EvalConfig {
                 pred,

@@ -59,10 +59,12 @@ enum Command {
     /// Log a dataset's pairs with their rain parameters to the Rerun viewer.
     Inspect(inspect::InspectArgs),
     /// Score de-rained outputs against clean targets (PSNR/SSIM, Y-channel protocol) and
-    /// their quality gain over the rainy inputs; writes a report folder.
+    /// their quality gain over the rainy inputs, with NIQE beside; writes a report folder.
     ///
     /// Files are paired by stem (0001.png ↔ 0001.jpg). The report folder gets report.json,
-    /// per_image.csv, report.md and grid.png; stdout gets a summary table.
+    /// per_image.csv, report.md and grid.png; stdout gets a summary table. Without --target
+    /// (real rain, no clean images), only NIQE of outputs and inputs (no-reference; lower is
+    /// better).
     Eval(eval::EvalArgs),
     /// Train models.
     #[command(subcommand)]

@@ -55,6 +55,12 @@ pub struct StreamArgs {
     /// Overrides of --add-rain's parameters (as `raincheck rain --set`).
     #[arg(long = "rain-set", value_name = "KEY=VALUE", requires = "add_rain")]
     rain_set: Vec<String>,
+    /// Temporal consistency of the de-rained video: warping error (the previous output warped
+    /// to the current frame along OpenCV's DIS optical flow, mean absolute difference over
+    /// non-occluded pixels) and flicker, per frame to Rerun and as means in the stats. On with
+    /// --add-rain.
+    #[arg(long)]
+    temporal: bool,
     /// Seed of the added rain.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -101,6 +107,7 @@ impl StreamArgs {
             }),
             None => None,
         };
+        job.temporal = self.temporal;
         job.stats_json = self.stats_json;
         job.queue = self.queue as usize;
         job.progress = ctx.progress;

@@ -1,6 +1,9 @@
 //! `raincheck eval`: scores folders of outputs against targets (and their rainy inputs) by the
-//! protocol in [`crate::metrics`], and writes a report folder:
-//! `report.json` (machines), `per_image.csv`, `report.md` and `grid.png` (people).
+//! protocol in [`crate::metrics`], with NIQE beside (no reference needed), and writes a report
+//! folder: `report.json` (machines), `per_image.csv`, `report.md` and `grid.png` (people).
+//! Without targets, [`noref`] reports NIQE alone.
+
+pub mod noref;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -91,6 +94,12 @@ pub struct EvalConfig {
 pub struct ImageScores {
     pub id: String,
     pub output: Scores,
+    /// NIQE of the output (`null`: too small or too flat for it).
+    #[serde(default)]
+    pub niqe: Option<f64>,
+    /// NIQE of the rainy input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_niqe: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<Scores>,
     /// Per-image quality gain in percent (`null` where undefined, e.g. infinite PSNR).
@@ -118,6 +127,62 @@ pub struct Summary {
     /// Mean of the per-image gains.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality_gain_per_image_mean: Option<BTreeMap<String, Option<f64>>>,
+    /// No-reference quality of outputs and inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub niqe: Option<NiqeSummary>,
+}
+
+/// NIQE over a set of images (lower is better): the outputs, the rainy inputs when given, and
+/// the per-image change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NiqeSummary {
+    pub output: MetricSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<MetricSummary>,
+    /// Per-image `NIQE(output) − NIQE(input)` over the images where both are defined: negative
+    /// when de-raining made the images look more natural.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<MetricSummary>,
+    /// Outputs NIQE is undefined for (smaller than two 96x96 blocks, or without texture).
+    pub undefined: usize,
+}
+
+impl NiqeSummary {
+    /// From per-image values (`None`: undefined), with the inputs' when there are inputs.
+    pub fn new(outputs: &[Option<f64>], inputs: Option<&[Option<f64>]>) -> Self {
+        let defined = |v: &[Option<f64>]| v.iter().flatten().copied().collect::<Vec<f64>>();
+        let change = inputs.map(|ins| {
+            let d: Vec<f64> = outputs
+                .iter()
+                .zip(ins)
+                .filter_map(|(o, i)| Some((*o)? - (*i)?))
+                .collect();
+            summary_of(&d)
+        });
+        NiqeSummary {
+            output: summary_of(&defined(outputs)),
+            input: inputs.map(|i| summary_of(&defined(i))),
+            change,
+            undefined: outputs.iter().filter(|v| v.is_none()).count(),
+        }
+    }
+}
+
+/// The definition of NIQE written into reports.
+pub fn niqe_definition() -> serde_json::Value {
+    serde_json::json!({
+        "name": "NIQE",
+        "source": "Mittal, Soundararajan, Bovik, Making a 'completely blind' image quality analyzer, IEEE SPL 20(3), 2013; computed as the authors' MATLAB release (computequality.m) with their pristine model",
+        "better": "lower",
+        "gray": "MATLAB rgb2gray on 8-bit RGB, rounded",
+        "blocks": "96x96, no overlap; the image cropped to whole blocks; two scales (the second by MATLAB imresize 0.5, bicubic, antialiased)",
+        "undefined": "images smaller than two blocks or with fewer than two textured blocks: null, left out of the means",
+    })
+}
+
+/// NIQE of an image, `None` where it is undefined (too small or too flat).
+pub fn niqe_of(img: &RgbImage) -> Option<f64> {
+    metrics::niqe::niqe(img).ok()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -181,6 +246,7 @@ pub fn protocol_of(p: &metrics::Protocol) -> serde_json::Value {
         "quality_gain": "gain_M = (M_output - M_input) / M_input * 100, in percent; summary: of the means; per image: of that image's values",
         "ci95": format!("percentile bootstrap of the mean, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"),
         "accumulation": "f64",
+        "niqe": niqe_definition(),
     });
     if p.y == metrics::YMode::MatlabDouble {
         v["ssim_y"] = "SSIM as below on Y*255 (doubles, unrounded), L = 255".into();
@@ -326,9 +392,14 @@ fn scores_of(
 
 fn summarize(values: impl Fn(&Scores) -> f64, scores: &[Scores]) -> MetricSummary {
     let v: Vec<f64> = scores.iter().map(values).collect();
+    summary_of(&v)
+}
+
+/// Mean over the finite values, bootstrap CI, count of infinite ones.
+fn summary_of(v: &[f64]) -> MetricSummary {
     MetricSummary {
-        mean: metrics::mean(&v),
-        ci95: metrics::bootstrap_ci95(&v, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+        mean: metrics::mean(v),
+        ci95: metrics::bootstrap_ci95(v, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
         infinite: v.iter().filter(|x| !x.is_finite()).count(),
     }
 }
@@ -381,15 +452,13 @@ fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<P
             let pred = image_io::load_rgb8(p)?;
             let target = image_io::load_rgb8(t)?;
             let output = scores_of(&pred, p, &target, t, &cfg.protocol)?;
-            let input = match i {
-                Some(ip) => Some(scores_of(
-                    &image_io::load_rgb8(ip)?,
-                    ip,
-                    &target,
-                    t,
-                    &cfg.protocol,
-                )?),
-                None => None,
+            let (input, input_niqe) = match i {
+                Some(ip) => {
+                    let rainy = image_io::load_rgb8(ip)?;
+                    let s = scores_of(&rainy, ip, &target, t, &cfg.protocol)?;
+                    (Some(s), niqe_of(&rainy))
+                }
+                None => (None, None),
             };
             let gain = input.map(|inp| {
                 METRICS
@@ -406,6 +475,8 @@ fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<P
             Ok(ImageScores {
                 id: id.clone(),
                 output,
+                niqe: niqe_of(&pred),
+                input_niqe,
                 input,
                 gain,
             })
@@ -441,6 +512,9 @@ fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<P
             })
             .collect()
     });
+    let out_niqe: Vec<Option<f64>> = images.iter().map(|s| s.niqe).collect();
+    let in_niqe: Vec<Option<f64>> = images.iter().map(|s| s.input_niqe).collect();
+    let niqe = NiqeSummary::new(&out_niqe, input.as_ref().map(|_| in_niqe.as_slice()));
     let report = Report {
         protocol: protocol_of(&cfg.protocol),
         pairing: None,
@@ -454,6 +528,7 @@ fn evaluate_pairs(cfg: &EvalConfig, pairs: Vec<Paired>) -> Result<(Report, Vec<P
             input,
             quality_gain,
             quality_gain_per_image_mean,
+            niqe: Some(niqe),
         },
     };
     Ok((report, pairs))
@@ -522,10 +597,12 @@ fn fmt_num(v: f64, digits: usize) -> String {
 fn per_image_csv(r: &Report) -> String {
     let mut header = vec!["id".to_string()];
     header.extend(METRICS.iter().map(|m| m.to_string()));
+    header.push("niqe".into());
     let with_input = r.input.is_some();
     if with_input {
         header.extend(METRICS.iter().map(|m| format!("input_{m}")));
         header.extend(METRICS.iter().map(|m| format!("gain_{m}_percent")));
+        header.push("input_niqe".into());
     }
     let mut out = header.join(",") + "\n";
     for s in &r.images {
@@ -535,6 +612,7 @@ fn per_image_csv(r: &Report) -> String {
                 .iter()
                 .map(|m| fmt_num(s.output.get(m).unwrap(), 10)),
         );
+        row.push(opt_num(s.niqe));
         if let (Some(inp), Some(g)) = (&s.input, &s.gain) {
             row.extend(METRICS.iter().map(|m| fmt_num(inp.get(m).unwrap(), 10)));
             row.extend(
@@ -542,11 +620,68 @@ fn per_image_csv(r: &Report) -> String {
                     .iter()
                     .map(|m| g[*m].map(|v| fmt_num(v, 6)).unwrap_or_default()),
             );
+            row.push(opt_num(s.input_niqe));
         }
         out.push_str(&row.join(","));
         out.push('\n');
     }
     out
+}
+
+/// A CSV cell for a value that may be undefined (empty then).
+fn opt_num(v: Option<f64>) -> String {
+    v.map(|v| fmt_num(v, 10)).unwrap_or_default()
+}
+
+/// `mean [lo, hi]`, or `n/a`.
+fn mean_ci(s: &MetricSummary, d: usize) -> String {
+    match (s.mean, s.ci95) {
+        (Some(m), Some([lo, hi])) => {
+            format!("{} [{}, {}]", fmt_num(m, d), fmt_num(lo, d), fmt_num(hi, d))
+        }
+        (Some(m), None) => fmt_num(m, d),
+        _ => "n/a".into(),
+    }
+}
+
+/// The NIQE section of a report.
+fn niqe_markdown(md: &mut String, n: &NiqeSummary) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        md,
+        "
+## NIQE (no reference; lower is better)
+"
+    );
+    let _ = writeln!(md, "| images | NIQE, mean [95% CI] |\n|---|---|");
+    let _ = writeln!(md, "| de-rained output | {} |", mean_ci(&n.output, 3));
+    if let Some(i) = &n.input {
+        let _ = writeln!(md, "| rainy input | {} |", mean_ci(i, 3));
+    }
+    if let Some(c) = &n.change {
+        let _ = writeln!(
+            md,
+            "| change, output − input (per image) | {} |",
+            mean_ci(c, 3)
+        );
+    }
+    if let Some(m) = n.change.as_ref().and_then(|c| c.mean) {
+        let _ = writeln!(
+            md,
+            "\nOn average the outputs score {:.3} {} than their inputs: {}.",
+            m.abs(),
+            if m < 0.0 { "lower" } else { "higher" },
+            if m < 0.0 {
+                "de-raining made them look more like natural, undistorted images"
+            } else {
+                "de-raining made them look less natural"
+            }
+        );
+    }
+    if n.undefined > 0 {
+        let _ = writeln!(md, "\n{} output(s) are smaller than two 96x96 blocks or without texture: NIQE is undefined for them (left out).", n.undefined);
+    }
+    let _ = writeln!(md, "\n**NIQE** (Mittal, Soundararajan, Bovik 2013): the distance between a Gaussian fitted to an image's local statistics (MSCN coefficients and their neighbour products, in 96x96 blocks at two scales) and the same statistics of pristine natural images, computed as the authors' MATLAB release does, with their model. It needs no clean target, so it also scores real rain.");
 }
 
 fn csv_field(s: &str) -> String {
@@ -588,12 +723,7 @@ fn report_markdown(r: &Report, grid_ids: &[String]) -> String {
         let _ = writeln!(md, "- rainy inputs: `{i}`");
     }
     let _ = writeln!(md, "- images: {}\n", r.count);
-    let ms = |s: &MetricSummary, d: usize| match (s.mean, s.ci95) {
-        (Some(m), Some([lo, hi])) => {
-            format!("{} [{}, {}]", fmt_num(m, d), fmt_num(lo, d), fmt_num(hi, d))
-        }
-        _ => "n/a".into(),
-    };
+    let ms = mean_ci;
     let digits = |m: &str| if m.starts_with("psnr") { 2 } else { 4 };
     if let (Some(inp), Some(gain)) = (&r.summary.input, &r.summary.quality_gain) {
         let _ = writeln!(md, "| metric | de-rained output, mean [95% CI] | rainy input, mean [95% CI] | quality gain |");
@@ -624,6 +754,9 @@ fn report_markdown(r: &Report, grid_ids: &[String]) -> String {
         .unwrap_or(0);
     if inf > 0 {
         let _ = writeln!(md, "\n{inf} image(s) are identical to their targets (infinite PSNR): left out of the PSNR means.");
+    }
+    if let Some(n) = &r.summary.niqe {
+        niqe_markdown(&mut md, n);
     }
     let _ = writeln!(md, "\n## Definitions\n");
     let _ = writeln!(md, "- **Y channel**: `Y = round(65.481/255·R + 128.553/255·G + 24.966/255·B + 16)` on 8-bit R, G, B (MATLAB `rgb2ycbcr`).");
@@ -723,7 +856,21 @@ pub fn summary_table(r: &Report) -> String {
         }
         s.push('\n');
     }
+    if let Some(n) = &r.summary.niqe {
+        s.push_str(&niqe_line(n));
+    }
     let _ = write!(s, "{} images", r.count);
+    s
+}
+
+/// NIQE in the stdout summary: output, input, change (lower is better).
+fn niqe_line(n: &NiqeSummary) -> String {
+    let show = |x: Option<f64>| x.map(|v| fmt_num(v, 3)).unwrap_or_else(|| "n/a".into());
+    let mut s = format!("{:<10} {:>12}", "niqe", show(n.output.mean));
+    if let (Some(i), Some(c)) = (&n.input, &n.change) {
+        s.push_str(&format!(" {:>12} {:>10}", show(i.mean), show(c.mean)));
+    }
+    s.push_str("   (lower is better)\n");
     s
 }
 

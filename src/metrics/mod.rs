@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::image_io::RgbImage;
 
 mod kernels;
+pub mod niqe;
+pub mod temporal;
 
 /// Side of the SSIM window.
 pub const SSIM_WINDOW: usize = 11;

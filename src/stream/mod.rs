@@ -108,6 +108,9 @@ pub struct StreamJob {
     /// Process frames at this size (the outputs keep the source's size).
     pub resize: Option<(u32, u32)>,
     pub add_rain: Option<AddRain>,
+    /// Temporal metrics of the de-rained video (warping error, flicker; needs the `video`
+    /// feature for the optical flow). On with `add_rain` regardless.
+    pub temporal: bool,
     pub stats_json: Option<PathBuf>,
     /// Capacity of each queue between stages.
     pub queue: usize,
@@ -134,6 +137,7 @@ impl StreamJob {
             max_frames: None,
             resize: None,
             add_rain: None,
+            temporal: false,
             stats_json: None,
             queue: Self::DEFAULT_QUEUE,
             progress: false,
@@ -253,6 +257,56 @@ struct Finished {
     frame: Frame,
     derained: RgbImage,
     quality: Option<FrameQuality>,
+    temporal: Option<crate::metrics::temporal::Temporal>,
+}
+
+/// The previous frame the temporal metrics compare with, and the flow estimator.
+#[cfg(feature = "video")]
+struct TemporalState {
+    flow: crate::video::FlowEstimator,
+    /// (index, de-rained, reference for the flicker, frame the flow is computed on)
+    prev: Option<(u64, RgbImage, RgbImage, RgbImage)>,
+}
+
+#[cfg(feature = "video")]
+impl TemporalState {
+    fn new() -> Result<Self> {
+        Ok(TemporalState {
+            flow: crate::video::FlowEstimator::new()?,
+            prev: None,
+        })
+    }
+
+    /// Scores frame `index` against the previous one when they are consecutive (a dropped
+    /// frame in between breaks the pair). Flow on the clean frames when there are any, else on
+    /// the de-rained ones; the flicker's reference is the clean frame, else the rainy input.
+    fn update(
+        &mut self,
+        index: u64,
+        derained: &RgbImage,
+        rainy: &RgbImage,
+        clean: Option<&RgbImage>,
+    ) -> Result<Option<crate::metrics::temporal::Temporal>> {
+        let reference = clean.unwrap_or(rainy).clone();
+        let flow_src = clean.unwrap_or(derained).clone();
+        let scores = match &self.prev {
+            Some((i, prev_out, prev_ref, prev_src)) if *i + 1 == index => {
+                let field = |uv| crate::metrics::temporal::Flow {
+                    width: derained.width() as usize,
+                    height: derained.height() as usize,
+                    uv,
+                };
+                let back = field(self.flow.flow(&flow_src, prev_src)?);
+                let fwd = field(self.flow.flow(prev_src, &flow_src)?);
+                Some(crate::metrics::temporal::temporal(
+                    prev_out, derained, prev_ref, &reference, &back, &fwd,
+                ))
+            }
+            _ => None,
+        };
+        self.prev = Some((index, derained.clone(), reference, flow_src));
+        Ok(scores)
+    }
 }
 
 /// Counters shared by the stages.
@@ -500,6 +554,12 @@ impl Sinks {
                 rec.image(paths::CAMERA_CLEAN, clean)?;
             }
         }
+        if let Some(t) = &f.temporal {
+            if let Some(w) = t.warp_error {
+                rec.scalar(paths::METRICS_WARP_ERROR, w)?;
+            }
+            rec.scalar(paths::METRICS_FLICKER, t.flicker)?;
+        }
         if let Some(q) = &f.quality {
             rec.scalar(&format!("{}/rainy", paths::METRICS_PSNR_Y), q.rainy.0)?;
             rec.scalar(&format!("{}/derained", paths::METRICS_PSNR_Y), q.derained.0)?;
@@ -578,6 +638,21 @@ pub fn run(
     let pb = crate::progress::bar(total, "streaming", job.progress);
     let mut latency: Vec<Latency> = STAGES.iter().map(|_| Latency::default()).collect();
     let mut quality = QualityAccumulator::default();
+    let temporal_on = job.temporal || job.add_rain.is_some();
+    #[cfg(feature = "video")]
+    let mut temporal_state = if temporal_on {
+        Some(TemporalState::new()?)
+    } else {
+        None
+    };
+    #[cfg(not(feature = "video"))]
+    if temporal_on {
+        return Err(StreamError::Usage(
+            "temporal metrics (--temporal, --add-rain) need the optical flow of the `video` feature"
+                .into(),
+        ));
+    }
+    let mut temporal = stats::TemporalAccumulator::default();
     let mut frames_out = 0u64;
     let start = Instant::now();
 
@@ -643,11 +718,21 @@ pub fn run(
                         }),
                         None => None,
                     };
+                    #[cfg(feature = "video")]
+                    let temporal = match temporal_state.as_mut() {
+                        Some(ts) => {
+                            ts.update(frame.index, &derained, &frame.rainy, frame.clean.as_ref())?
+                        }
+                        None => None,
+                    };
+                    #[cfg(not(feature = "video"))]
+                    let temporal = None;
                     frame.ms[3] = ms_since(t);
                     let done = Finished {
                         frame,
                         derained,
                         quality,
+                        temporal,
                     };
                     if !to_sink.send(done, shared) {
                         break;
@@ -691,6 +776,9 @@ pub fn run(
                 }
                 if let Some(q) = &f.quality {
                     quality.add(q);
+                }
+                if let Some(t) = &f.temporal {
+                    temporal.add(t);
                 }
                 frames_out += 1;
                 let now = Instant::now();
@@ -760,6 +848,11 @@ pub fn run(
             .filter_map(|(s, l)| l.summary().map(|v| (s.to_string(), v)))
             .collect(),
         quality: quality.summary(),
+        temporal: temporal.summary(if job.add_rain.is_some() {
+            "clean"
+        } else {
+            "derained"
+        }),
         peak_rss_mib: stats::peak_rss_mib(),
         outputs: stats::Outputs {
             video: job.out.clone(),

@@ -246,6 +246,12 @@ pub fn run(cfg: &StudyConfig) -> Result<StudyReport> {
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     check_spec(out, &spec)?;
+    if cfg.budget == Budget::Tiny && cfg.plan.is_none() {
+        tracing::warn!(
+            "budget `tiny` is a smoke test: its CycleGAN trains for minutes, so its \"rain\" is \
+             not realistic and the numbers only check the pipeline (--budget small or full for results)"
+        );
+    }
     let stages = 6;
     let stage = |k: usize, what: &str| tracing::info!("[{k}/{stages}] {what}");
 

@@ -14,6 +14,10 @@ use crate::viz::{Recorder, RerunTarget};
 /// The headline metrics of the study.
 pub const METRICS: [&str; 2] = ["psnr_y", "ssim_y"];
 
+/// Cells with fewer test images show no confidence interval: a bootstrap over so few values
+/// says nothing (with one image every interval collapses to it).
+pub const MIN_CI_IMAGES: usize = 5;
+
 /// A mean with its bootstrap 95% confidence interval.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MetricCell {
@@ -37,8 +41,21 @@ pub struct Cell {
     /// Quality gain of the means, `(output − input) / input · 100`, with a bootstrap CI over the
     /// per-image gains.
     pub gain_percent: BTreeMap<String, MetricCell>,
+    /// NIQE of the de-rained outputs (no reference; lower is better).
+    #[serde(default)]
+    pub niqe: Option<MetricCell>,
+    /// NIQE of the test set's rainy inputs.
+    #[serde(default)]
+    pub input_niqe: Option<MetricCell>,
     /// The evaluation's own report folder.
     pub report: PathBuf,
+}
+
+impl Cell {
+    /// Too few test images for a confidence interval ([`MIN_CI_IMAGES`]).
+    pub fn small(&self) -> bool {
+        self.images < MIN_CI_IMAGES
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -48,6 +65,10 @@ pub struct StudyReport {
     /// Clear images per part.
     pub parts: BTreeMap<String, usize>,
     pub cells: Vec<Cell>,
+    /// How natural each kind of rainy image looks, by NIQE (lower is better): the test sets'
+    /// rainy images per rain kind, and the real rainy photos given with `--rainy`.
+    #[serde(default)]
+    pub realism: BTreeMap<String, MetricCell>,
 }
 
 impl StudyReport {
@@ -77,7 +98,7 @@ impl StudyReport {
                     .map_or("n/a".to_string(), |g| format!("{g:+.1}%"))
             };
             s.push_str(&format!(
-                "{:<23} {:<10} {:>6} {:<17} {:>7} {:>12} {:>12}\n",
+                "{:<23} {:<10} {:>6} {:<17} {:>7} {:>12} {:>12}{}\n",
                 format!("{} ({})", c.arch, c.train_rain),
                 c.test_rain,
                 m("psnr_y").map_or("n/a".into(), |v| format!("{v:.2}")),
@@ -85,6 +106,11 @@ impl StudyReport {
                 m("ssim_y").map_or("n/a".into(), |v| format!("{v:.4}")),
                 g("psnr_y"),
                 g("ssim_y"),
+                if c.small() {
+                    format!("  ({} test images: no CI)", c.images)
+                } else {
+                    String::new()
+                },
             ));
         }
         s
@@ -107,6 +133,14 @@ fn metric_cells(
             )
         })
         .collect()
+}
+
+/// A NIQE summary as a cell.
+fn niqe_cell(s: &crate::eval::MetricSummary) -> MetricCell {
+    MetricCell {
+        mean: s.mean,
+        ci95: s.ci95,
+    }
 }
 
 fn cell(arch: &str, train: &str, test: &str, r: &Report, dir: &Path, seed: u64) -> Cell {
@@ -132,7 +166,8 @@ fn cell(arch: &str, train: &str, test: &str, r: &Report, dir: &Path, seed: u64) 
             )
         })
         .collect();
-    Cell {
+    let niqe = r.summary.niqe.as_ref();
+    let mut c = Cell {
         arch: arch.into(),
         train_rain: train.into(),
         test_rain: test.into(),
@@ -145,8 +180,44 @@ fn cell(arch: &str, train: &str, test: &str, r: &Report, dir: &Path, seed: u64) 
             .map(metric_cells)
             .unwrap_or_default(),
         gain_percent,
+        niqe: niqe.map(|n| niqe_cell(&n.output)),
+        input_niqe: niqe.and_then(|n| n.input.as_ref()).map(niqe_cell),
         report: dir.to_path_buf(),
+    };
+    if c.small() {
+        let all = c
+            .output
+            .values_mut()
+            .chain(c.input.values_mut())
+            .chain(c.gain_percent.values_mut())
+            .chain(c.niqe.iter_mut())
+            .chain(c.input_niqe.iter_mut());
+        for m in all {
+            m.ci95 = None;
+        }
     }
+    c
+}
+
+/// NIQE of the real rainy photos (`--rainy`), over the images it is defined for.
+fn real_rainy_niqe(dir: &Path, seed: u64) -> Result<MetricCell> {
+    use rayon::prelude::*;
+    let images: Vec<PathBuf> = image_io::images_by_stem(dir)?.into_values().collect();
+    let values: Vec<f64> = images
+        .par_iter()
+        .map(|p| Ok(crate::eval::niqe_of(&image_io::load_rgb8(p)?)))
+        .collect::<Result<Vec<Option<f64>>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(MetricCell {
+        mean: crate::metrics::mean(&values),
+        ci95: if values.len() < MIN_CI_IMAGES {
+            None
+        } else {
+            crate::metrics::bootstrap_ci95(&values, 2000, seed)
+        },
+    })
 }
 
 /// Writes `study.json`, the charts, the sample grids, `report.md` and `study.rrd`.
@@ -164,11 +235,25 @@ pub fn write(
             cell(arch, train, test, r, &dir, seed)
         })
         .collect();
+    let mut realism = BTreeMap::new();
+    for rain in RAINS {
+        if let Some(n) = cells
+            .iter()
+            .find(|c| c.test_rain == rain)
+            .and_then(|c| c.input_niqe.clone())
+        {
+            realism.insert(format!("{rain} rain (test set)"), n);
+        }
+    }
+    if let Some(dir) = &spec.rainy {
+        realism.insert("real rainy photos".into(), real_rainy_niqe(dir, seed)?);
+    }
     let report = StudyReport {
         format: "raincheck-study-report".into(),
         spec: spec.clone(),
         parts: parts.clone(),
         cells,
+        realism,
     };
     let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
     let path = out.join("study.json");
@@ -353,6 +438,89 @@ fn markdown(r: &StudyReport, figures: &[String], grids: &[(String, Vec<String>)]
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if spec.budget == super::Budget::Tiny {
+        s.push_str(
+            "**Budget `tiny` is a smoke test.** Its CycleGAN trains for minutes on a CPU: its \
+             \"rain\" is a blurred, textured version of the clear images, not realistic rain, and \
+             the de-rainers train for a few hundred steps. The numbers check the pipeline; use \
+             `--budget small` or `full` (GPU) for results.\n\n",
+        );
+    }
+    s.push_str("## Test sets\n\n| test rain | images |\n|---|---|\n");
+    for t in RAINS {
+        if let Some(c) = r.cells.iter().find(|c| c.test_rain == t) {
+            s.push_str(&format!("| {t} | {} |\n", c.images));
+        }
+    }
+    if r.cells.iter().any(|c| c.small()) {
+        s.push_str(&format!(
+            "\nCells with fewer than {MIN_CI_IMAGES} test images show no confidence interval: \
+             a bootstrap over so few values says nothing about the spread (with one image every \
+             interval is that image). Give more clear images for a larger test set.\n"
+        ));
+    }
+    s.push('\n');
+    if !r.realism.is_empty() {
+        s.push_str(
+            "## Realism of the rain (NIQE, lower is better)\n\nNIQE needs no clean target: it \
+             measures how far an image's local statistics are from those of pristine natural \
+             images. Rain that looks like the real photos should score like them.\n\n\
+             | images | NIQE, mean [95% CI] |\n|---|---|\n",
+        );
+        for (k, m) in &r.realism {
+            s.push_str(&format!("| {k} | {} |\n", fmt_metric(m, 3)));
+        }
+        if !r.realism.contains_key("real rainy photos") {
+            s.push_str(
+                "\nNo real rainy photos were given (`--rainy DIR`): the rainy domain was rendered, \
+                 so there is nothing real to compare with.\n",
+            );
+        }
+        s.push('\n');
+    }
+    if r.cells.iter().any(|c| c.niqe.is_some()) {
+        s.push_str("## NIQE of the de-rained outputs (lower is better)\n\n| model | trained on |");
+        for t in RAINS {
+            s.push_str(&format!(" tested on {t} rain |"));
+        }
+        s.push_str("\n|---|---|");
+        for _ in RAINS {
+            s.push_str("---|");
+        }
+        s.push_str("\n| rainy input | — |");
+        for t in RAINS {
+            let m = r
+                .cells
+                .iter()
+                .find(|c| c.test_rain == t)
+                .and_then(|c| c.input_niqe.as_ref());
+            s.push_str(&format!(
+                " {} |",
+                m.map_or("n/a".into(), |m| fmt_metric(m, 3))
+            ));
+        }
+        s.push('\n');
+        let mut seen = Vec::new();
+        for c in &r.cells {
+            let key = (c.arch.clone(), c.train_rain.clone());
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            s.push_str(&format!("| {} | {} |", c.arch, c.train_rain));
+            for t in RAINS {
+                let m = r
+                    .cell(&c.arch, &c.train_rain, t)
+                    .and_then(|x| x.niqe.as_ref());
+                s.push_str(&format!(
+                    " {} |",
+                    m.map_or("n/a".into(), |m| fmt_metric(m, 3))
+                ));
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
     for metric in METRICS {
         let digits = if metric == "psnr_y" { 2 } else { 4 };
         s.push_str(&format!("## {metric}\n\n| model | trained on |"));

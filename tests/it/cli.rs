@@ -766,7 +766,59 @@ fn eval_scores_folders_and_writes_a_report() {
     );
     let csv = std::fs::read_to_string(report.join("per_image.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4);
-    assert!(csv.starts_with("id,psnr_y,ssim_y,psnr_rgb,ssim_rgb,input_psnr_y"));
+    assert!(csv.starts_with("id,psnr_y,ssim_y,psnr_rgb,ssim_rgb,niqe,input_psnr_y"));
+    // The fixtures are smaller than two 96x96 blocks: NIQE is undefined, said so, not an error.
+    assert!(r["images"][0]["niqe"].is_null());
+    assert_eq!(sum["niqe"]["undefined"], 3);
+    assert!(md.contains("NIQE (no reference; lower is better)") && md.contains("undefined"));
+
+    // Without targets: NIQE alone, of outputs and inputs (real rain has no clean image).
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/reference/fixtures/niqe");
+    let (outs, ins) = (t.path().join("noref_out"), t.path().join("noref_in"));
+    for (dir, kind) in [(&outs, "blur"), (&ins, "clean")] {
+        std::fs::create_dir_all(dir).unwrap();
+        for crop in ["street", "road"] {
+            std::fs::copy(
+                fixtures.join(format!("{crop}_{kind}.png")),
+                dir.join(format!("{crop}.png")),
+            )
+            .unwrap();
+        }
+    }
+    let noref = t.path().join("noref");
+    let out = ok(&[
+        "eval",
+        "--pred",
+        s(&outs),
+        "--input",
+        s(&ins),
+        "--report",
+        s(&noref),
+    ]);
+    assert!(
+        out.contains("niqe") && out.contains("lower is better"),
+        "{out}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(noref.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["kind"], "no-reference");
+    // Blur raises NIQE over the sharp inputs (the reference values are in niqe.json).
+    assert!(r["niqe"]["change"]["mean"].as_f64().unwrap() > 1.0, "{r}");
+    // --pair needs a test set to pair.
+    let e = fails(
+        &[
+            "eval",
+            "--pred",
+            s(&outs),
+            "--pair",
+            "a*=b{1}",
+            "--report",
+            s(&noref),
+        ],
+        2,
+    );
+    assert!(e.contains("--target"), "{e}");
 
     // Identical images: infinite PSNR as null, no crash.
     let same = t.path().join("same");

@@ -441,3 +441,52 @@ fn stop_flag_ends_a_stream_cleanly() {
     assert!(st.frames_out >= 5 && st.frames_out < 50, "{st:?}");
     assert_eq!(probe(job.out.as_ref().unwrap()).0, st.frames_out);
 }
+
+/// Temporal metrics through the pipeline on a real scene panning by (2, 1) px per frame (an
+/// image folder, so no codec noise): the identity is steady, a network that brightens every
+/// other frame flickers, and both measures say so.
+#[test]
+fn temporal_metrics_tell_a_flickering_output_from_a_steady_one() {
+    let t = tempfile::tempdir().unwrap();
+    let frames = t.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let photo =
+        raincheck::image_io::load_rgb8(&samples().join("frames/dlib_la_downtown.jpg")).unwrap();
+    for i in 0..8u32 {
+        let img = image::imageops::crop_imm(&photo, 300 - 2 * i, 200 - i, 160, 120).to_image();
+        raincheck::image_io::save_png(&img, &frames.join(format!("f{i:02}.png"))).unwrap();
+    }
+    let run = |flicker: bool| {
+        let mut job = StreamJob::new(frames.to_str().unwrap());
+        job.temporal = true;
+        let n = std::sync::atomic::AtomicU64::new(0);
+        let net = move || {
+            Ok(Net {
+                name: "identity".into(),
+                device: Device::Cpu,
+                dtype: DType::F32,
+                min_side: 1,
+                forward: Box::new(move |x: &Tensor| {
+                    let k = n.fetch_add(1, Ordering::SeqCst);
+                    if flicker && k % 2 == 1 {
+                        (x + 0.08)?.clamp(0f32, 1f32)
+                    } else {
+                        Ok(x.clone())
+                    }
+                }),
+            })
+        };
+        stream::run(&job, net, None).unwrap().temporal.unwrap()
+    };
+    let steady = run(false);
+    let flickering = run(true);
+    assert_eq!(steady.frames, 7);
+    assert_eq!(steady.flow_from, "derained");
+    assert!(steady.flicker < 0.5, "{steady:?}");
+    assert!(steady.warp_error.unwrap() < 4.0, "{steady:?}");
+    assert!(flickering.flicker > 10.0, "{flickering:?}");
+    assert!(
+        flickering.warp_error.unwrap() > steady.warp_error.unwrap() + 8.0,
+        "{flickering:?} vs {steady:?}"
+    );
+}

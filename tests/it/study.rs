@@ -119,9 +119,15 @@ fn a_miniature_study_fills_every_cell_and_resumes_after_a_kill() {
                             "{arch}/{train}/{test} {part} {m}: {c}"
                         );
                     }
-                    let [lo, hi] = [0, 1].map(|i| c["output"][m]["ci95"][i].as_f64().unwrap());
-                    let mean = c["output"][m]["mean"].as_f64().unwrap();
-                    assert!(lo <= mean && mean <= hi, "{c}");
+                    if c["images"].as_u64().unwrap() >= 5 {
+                        let [lo, hi] = [0, 1].map(|i| c["output"][m]["ci95"][i].as_f64().unwrap());
+                        let mean = c["output"][m]["mean"].as_f64().unwrap();
+                        assert!(lo <= mean && mean <= hi, "{c}");
+                    } else {
+                        // Too few test images for an interval: none is shown.
+                        assert!(c["output"][m]["ci95"].is_null(), "{c}");
+                        assert!(table.contains("test images: no CI"), "{table}");
+                    }
                 }
             }
         }
@@ -131,6 +137,9 @@ fn a_miniature_study_fills_every_cell_and_resumes_after_a_kill() {
     for needle in [
         "## psnr_y",
         "## ssim_y",
+        "## Test sets",
+        "## Realism of the rain (NIQE, lower is better)",
+        "| overlay rain (test set) |",
         "| rainy input |",
         "samples_cyclegan.png",
         "gain_psnr_y.png",
