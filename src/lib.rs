@@ -23,6 +23,7 @@ pub mod optim;
 pub mod pairing;
 pub mod progress;
 pub mod rain;
+pub mod realism;
 pub mod registry;
 pub mod runs;
 pub mod runtime;

@@ -9,6 +9,7 @@ mod frames;
 mod generate;
 mod inspect;
 mod rain;
+mod realism;
 mod stream;
 mod study;
 mod train;
@@ -95,6 +96,9 @@ enum Command {
     /// STUDY_DIR/report.md (tables, charts, sample grids, the command) and study.rrd; prints the
     /// table. Rerunning the same command resumes an interrupted study.
     Study(study::StudyArgs),
+    /// How close two image sets are, by FID and KID over the FID InceptionV3's features: e.g.
+    /// synthetic rain (--fake) against real rainy photos (--real). JSON on stdout.
+    Realism(realism::RealismArgs),
     /// Look into and convert weight files: safetensors, PyTorch `.pth` in the zip format and in
     /// the legacy (pre-1.6) format that most published checkpoints use.
     #[command(subcommand)]
@@ -133,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Translate(a) => a.run(&ctx),
         Command::Stream(a) => a.run(&ctx),
         Command::Study(a) => a.run(&ctx),
+        Command::Realism(a) => a.run(&ctx),
         Command::Weights(c) => c.run(&ctx),
     }
 }

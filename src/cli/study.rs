@@ -35,6 +35,11 @@ pub struct StudyArgs {
     /// Also evaluate published PReNet weights (a .pth of the authors' code) on both test sets.
     #[arg(long, value_name = "FILE.pth")]
     prenet_weights: Option<PathBuf>,
+    /// The FID InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth from pytorch-fid's
+    /// releases): adds FID and KID of each kind of rain against the --rainy photos to the
+    /// realism table.
+    #[arg(long, value_name = "FILE", requires = "rainy")]
+    inception: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -66,6 +71,7 @@ impl StudyArgs {
             plan,
             seed: self.seed,
             prenet_weights: self.prenet_weights,
+            inception: self.inception,
             device: device(&self.device)?,
             progress: ctx.progress,
         };

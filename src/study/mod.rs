@@ -53,6 +53,8 @@ pub enum StudyError {
     #[error(transparent)]
     Rain(Box<crate::rain::apply::ApplyError>),
     #[error(transparent)]
+    Realism(Box<crate::realism::RealismError>),
+    #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
     Image(#[from] image_io::ImageIoError),
@@ -69,6 +71,12 @@ impl From<crate::rain::apply::ApplyError> for StudyError {
     }
 }
 
+impl From<crate::realism::RealismError> for StudyError {
+    fn from(e: crate::realism::RealismError) -> Self {
+        StudyError::Realism(Box::new(e))
+    }
+}
+
 impl crate::usage::IsUsage for StudyError {
     fn is_usage(&self) -> bool {
         use crate::usage::IsUsage as U;
@@ -78,6 +86,7 @@ impl crate::usage::IsUsage for StudyError {
             StudyError::Train(e) => U::is_usage(e),
             StudyError::Derain(e) => U::is_usage(e),
             StudyError::Rain(e) => U::is_usage(e.as_ref()),
+            StudyError::Realism(e) => U::is_usage(e.as_ref()),
             StudyError::Eval(e) => U::is_usage(e),
             _ => false,
         }
@@ -218,6 +227,9 @@ pub struct StudyConfig {
     pub plan: Option<Plan>,
     pub seed: u64,
     pub prenet_weights: Option<PathBuf>,
+    /// The FID InceptionV3 weights: adds FID and KID of each rain kind against `rainy` to the
+    /// realism table (needs `rainy`).
+    pub inception: Option<PathBuf>,
     pub device: Device,
     pub progress: bool,
 }
@@ -326,7 +338,17 @@ pub fn run(cfg: &StudyConfig) -> Result<StudyReport> {
     }
 
     stage(6, "study.json, report.md, charts, study.rrd");
-    let report = report::write(out, &spec, &parts.counts, &evals, cfg.seed)?;
+    let fid = match (&cfg.inception, &cfg.rainy) {
+        (Some(weights), Some(rainy)) => inception_realism(
+            cfg,
+            weights,
+            rainy,
+            out,
+            crate::realism::default_cache().as_deref(),
+        )?,
+        _ => Default::default(),
+    };
+    let report = report::write(out, &spec, &parts.counts, &evals, &fid, cfg.seed)?;
     Ok(report)
 }
 
@@ -635,4 +657,112 @@ fn evaluate(
         jpeg_quality: 85,
         progress: cfg.progress,
     })?)
+}
+
+/// FID and KID of each rain kind's rainy test images against the real rainy photos.
+fn inception_realism(
+    cfg: &StudyConfig,
+    weights: &Path,
+    rainy: &Path,
+    out: &Path,
+    cache: Option<&Path>,
+) -> Result<BTreeMap<String, report::FidCell>> {
+    use crate::realism;
+    let (net, key) = realism::load_inception(weights, &cfg.device)?;
+    let feats = |set: &Path, images: &[PathBuf]| {
+        realism::image_features(set, images, &net, &key, cache, &cfg.device, cfg.progress)
+    };
+    let real_images: Vec<PathBuf> = image_io::images_by_stem(rainy)?.into_values().collect();
+    let real = feats(rainy, &real_images)?;
+    let mut cells = BTreeMap::new();
+    for rain in RAINS {
+        let ds = crate::dataset::Dataset::open(&out.join("data").join(rain))?;
+        let images: Vec<PathBuf> = ds
+            .split(crate::dataset::Split::Test)
+            .map(|r| ds.root.join(&r.rainy))
+            .collect();
+        let fake = feats(&ds.root, &images)?;
+        let kid = crate::realism::stats::KidOptions {
+            seed: cfg.seed,
+            ..Default::default()
+        };
+        let (fid, ci, kid) = realism::compare(&real, &fake, kid, 200);
+        cells.insert(
+            format!("{rain} rain (test set)"),
+            report::FidCell {
+                fid,
+                fid_ci95: ci,
+                kid_mean: kid.mean,
+                kid_std: kid.std,
+                images: fake.len(),
+                real_images: real.len(),
+            },
+        );
+    }
+    Ok(cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FID and KID of each rain kind's test images against real rainy photos, by the FID
+    /// InceptionV3 (formula weights here), into the report's realism table.
+    #[test]
+    fn inception_realism_scores_each_rain_kind_against_the_real_photos() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let t = tempfile::tempdir().unwrap();
+        let clear = t.path().join("clear");
+        std::fs::create_dir_all(&clear).unwrap();
+        let frames = root.join("datasets/samples/frames");
+        for e in std::fs::read_dir(&frames).unwrap() {
+            let p = e.unwrap().path();
+            let img = image_io::load_rgb8(&p).unwrap();
+            let small =
+                image::imageops::resize(&img, 64, 48, image::imageops::FilterType::Triangle);
+            image_io::save_png(
+                &small,
+                &clear.join(format!("{}.png", image_io::stem(&p).unwrap())),
+            )
+            .unwrap();
+        }
+        let out = t.path().join("study");
+        for rain in RAINS {
+            crate::generate::generate(&crate::generate::GenerateConfig {
+                clear: clear.clone(),
+                out: out.join("data").join(rain),
+                method: crate::generate::RainMethod::parse("physical:heavy", &[]).unwrap(),
+                overrides: vec![],
+                seed: 1,
+                size: None,
+                // Everything in the test split.
+                split: "0,0,1".parse().unwrap(),
+                shard: None,
+                every: 1,
+                skip_bad: false,
+                progress: false,
+            })
+            .unwrap();
+        }
+        let weights = t.path().join("inception.safetensors");
+        crate::realism::inception::tests::formula_weights(&weights);
+        let cfg = StudyConfig {
+            clear: clear.clone(),
+            rainy: Some(clear.clone()),
+            out: out.clone(),
+            budget: Budget::Tiny,
+            plan: None,
+            seed: 0,
+            prenet_weights: None,
+            inception: Some(weights.clone()),
+            device: Device::Cpu,
+            progress: false,
+        };
+        let cells = inception_realism(&cfg, &weights, &clear, &out, None).unwrap();
+        assert_eq!(cells.len(), 2);
+        for (k, c) in &cells {
+            assert_eq!((c.images, c.real_images), (10, 10), "{k}");
+            assert!(c.fid > 0.0 && c.fid_ci95[0] <= c.fid_ci95[1], "{k}: {c:?}");
+        }
+    }
 }

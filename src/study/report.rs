@@ -69,6 +69,22 @@ pub struct StudyReport {
     /// rainy images per rain kind, and the real rainy photos given with `--rainy`.
     #[serde(default)]
     pub realism: BTreeMap<String, MetricCell>,
+    /// With `--inception`: FID and KID of each rain kind's rainy test images against the real
+    /// rainy photos (lower: closer to real rain).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub realism_fid: BTreeMap<String, FidCell>,
+}
+
+/// FID (bootstrap 95% CI) and KID (mean ± std over subsets) of one image set against the real
+/// rainy photos.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FidCell {
+    pub fid: f64,
+    pub fid_ci95: [f64; 2],
+    pub kid_mean: f64,
+    pub kid_std: f64,
+    pub images: usize,
+    pub real_images: usize,
 }
 
 impl StudyReport {
@@ -226,6 +242,7 @@ pub fn write(
     spec: &StudySpec,
     parts: &BTreeMap<String, usize>,
     evals: &[(String, String, String, Report)],
+    realism_fid: &BTreeMap<String, FidCell>,
     seed: u64,
 ) -> Result<StudyReport> {
     let cells: Vec<Cell> = evals
@@ -254,6 +271,7 @@ pub fn write(
         parts: parts.clone(),
         cells,
         realism,
+        realism_fid: realism_fid.clone(),
     };
     let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
     let path = out.join("study.json");
@@ -469,6 +487,25 @@ fn markdown(r: &StudyReport, figures: &[String], grids: &[(String, Vec<String>)]
         );
         for (k, m) in &r.realism {
             s.push_str(&format!("| {k} | {} |\n", fmt_metric(m, 3)));
+        }
+        if !r.realism_fid.is_empty() {
+            s.push_str(
+                "\nAgainst the real rainy photos, by the FID InceptionV3's features (lower: \
+                 closer to real rain; FID with a bootstrap 95% CI, KID as mean ± std over \
+                 subsets, unbiased at small sizes):\n\n| images | FID [95% CI] | KID | images (real) |\n|---|---|---|---|\n",
+            );
+            for (k, c) in &r.realism_fid {
+                s.push_str(&format!(
+                    "| {k} | {:.2} [{:.2}, {:.2}] | {:.4} ± {:.4} | {} ({}) |\n",
+                    c.fid,
+                    c.fid_ci95[0],
+                    c.fid_ci95[1],
+                    c.kid_mean,
+                    c.kid_std,
+                    c.images,
+                    c.real_images
+                ));
+            }
         }
         if !r.realism.contains_key("real rainy photos") {
             s.push_str(
