@@ -1,8 +1,8 @@
 //! Running an image-to-image network over what people have: one image whole or in blended
 //! tiles ([`map_image`]), and an image, a folder of images or a video with a progress bar
-//! ([`map_media`]). Shared by `derain` (de-rainers), `cyclegan::translate` (generators) and the
-//! stages that call them; knows no architecture: a network is a function of a `(1, 3, h, w)`
-//! tensor in [0, 1].
+//! ([`map_media`]), and the temporal consistency of a video's outputs ([`TemporalTracker`]).
+//! Shared by `derain` (de-rainers), `cyclegan::translate` (generators) and the stages that call
+//! them; knows no architecture: a network is a function of a `(1, 3, h, w)` tensor in [0, 1].
 
 use std::path::{Path, PathBuf};
 
@@ -206,6 +206,9 @@ pub struct MediaSummary {
     pub frames: u64,
     /// Mean time per frame in the mapped function (ms), decoding and encoding excluded.
     pub ms_per_frame: f64,
+    /// Temporal consistency of the outputs (videos, when asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temporal: Option<crate::metrics::temporal::TemporalSummary>,
 }
 
 /// What [`map_media`] applies: an image and the file it came from → the output image, with the
@@ -278,6 +281,7 @@ pub fn map_images<E: From<InferError>>(
         outputs,
         frames,
         ms_per_frame: 1e3 * busy_s / frames.max(1) as f64,
+        temporal: None,
     })
 }
 
@@ -328,6 +332,7 @@ fn map_video<E: From<InferError>>(
         outputs: vec![dst],
         frames,
         ms_per_frame: 1e3 * busy_s / frames as f64,
+        temporal: None,
     })
 }
 
@@ -344,6 +349,57 @@ fn map_video<E: From<InferError>>(
         "is not a PNG/JPEG image; video input needs the `video` feature",
     )
     .into())
+}
+
+/// Temporal consistency of a video's outputs, frame by frame ([`crate::metrics::temporal`]):
+/// the previous frame and OpenCV's optical flow (feature `video`).
+#[cfg(feature = "video")]
+pub struct TemporalTracker {
+    flow: crate::video::FlowEstimator,
+    /// (index, de-rained, reference for the flicker, frame the flow is computed on)
+    prev: Option<(u64, RgbImage, RgbImage, RgbImage)>,
+}
+
+#[cfg(feature = "video")]
+impl TemporalTracker {
+    pub fn new() -> std::result::Result<Self, crate::video::VideoError> {
+        Ok(TemporalTracker {
+            flow: crate::video::FlowEstimator::new()?,
+            prev: None,
+        })
+    }
+
+    /// Scores frame `index` against the previous one when they are consecutive (a dropped
+    /// frame in between breaks the pair). Flow on the clean frames when there are any, else on
+    /// the de-rained ones; the flicker's reference is the clean frame, else the rainy input.
+    pub fn update(
+        &mut self,
+        index: u64,
+        derained: &RgbImage,
+        rainy: &RgbImage,
+        clean: Option<&RgbImage>,
+    ) -> std::result::Result<Option<crate::metrics::temporal::Temporal>, crate::video::VideoError>
+    {
+        let reference = clean.unwrap_or(rainy).clone();
+        let flow_src = clean.unwrap_or(derained).clone();
+        let scores = match &self.prev {
+            Some((i, prev_out, prev_ref, prev_src)) if *i + 1 == index => {
+                let field = |uv| crate::metrics::temporal::Flow {
+                    width: derained.width() as usize,
+                    height: derained.height() as usize,
+                    uv,
+                };
+                let back = field(self.flow.flow(&flow_src, prev_src)?);
+                let fwd = field(self.flow.flow(prev_src, &flow_src)?);
+                Some(crate::metrics::temporal::temporal(
+                    prev_out, derained, prev_ref, &reference, &back, &fwd,
+                ))
+            }
+            _ => None,
+        };
+        self.prev = Some((index, derained.clone(), reference, flow_src));
+        Ok(scores)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
     python eval/reference/fid_reference.py features DIR   # DIR/inputs/*.png, DIR/features.json
     python eval/reference/fid_reference.py stats DIR      # DIR/stats.json
+    python eval/reference/fid_reference.py resize DIR     # DIR/resize.json
 
 Needs `pip install torch torchvision pytorch-fid==0.3.0 scipy numpy pillow` (a venv of its own:
 tools use ~/.cache/raincheck/fid-venv).
@@ -132,7 +133,42 @@ def stats(out):
     (out / "stats.json").write_text(json.dumps(cases) + "\n")
 
 
+def clean_resize(rgb8):
+    """clean-fid's `clean` resize (make_resizer("PIL", False, "bicubic", (299, 299))): PIL's
+    bicubic resize of each channel as a float image, clipped to 0-255."""
+    out = []
+    for c in range(3):
+        img = Image.fromarray(rgb8[:, :, c].astype(np.float32), mode="F")
+        out.append(np.asarray(img.resize((299, 299), resample=Image.BICUBIC)).clip(0, 255))
+    return np.stack(out)
+
+
+def resize(out):
+    cases = {
+        # Enlarging a small crop, and shrinking a large region of a bundled frame.
+        "up": ("inputs/crop0.png", None),
+        "down": ("frames/udacity_solidWhiteCurve.jpg", (100, 40, 740, 520)),
+    }
+    result = {}
+    rng = np.random.default_rng(5)
+    picks = rng.integers(0, 299, size=(40, 3))
+    for name, (src, box) in cases.items():
+        path = out / src if src.startswith("inputs/") else FRAMES / src.split("/", 1)[1]
+        img = Image.open(path).convert("RGB")
+        if box:
+            img = img.crop(box)
+        r = clean_resize(np.asarray(img))
+        result[name] = {
+            "source": src,
+            "box": box,
+            "sum": [float(r[c].astype(np.float64).sum()) for c in range(3)],
+            "picks": [[int(c % 3), int(y), int(x), float(r[c % 3, y, x])] for c, y, x in picks],
+        }
+    (out / "resize.json").write_text(json.dumps(result, indent=1) + "\n")
+    print({k: v["sum"] for k, v in result.items()})
+
+
 if __name__ == "__main__":
     cmd, d = sys.argv[1], pathlib.Path(sys.argv[2])
     d.mkdir(parents=True, exist_ok=True)
-    {"features": features, "stats": stats}[cmd](d)
+    {"features": features, "stats": stats, "resize": resize}[cmd](d)

@@ -21,6 +21,10 @@ pub struct DerainArgs {
     pair: Option<raincheck::pairing::PairPattern>,
     #[command(flatten)]
     model_args: ModelArgs,
+    /// For a video: temporal consistency of the outputs (warping error along OpenCV's DIS
+    /// optical flow, flicker against the rainy input's changes), logged at the end.
+    #[arg(long)]
+    temporal: bool,
 }
 
 impl DerainArgs {
@@ -34,6 +38,7 @@ impl DerainArgs {
             out: self.media.out,
             device: device(&self.model_args.device)?,
             tiles: self.model_args.tiles.choice(),
+            temporal: self.temporal,
             progress: ctx.progress,
         };
         let s = raincheck::derain::apply::run(&job).map_err(fail)?;

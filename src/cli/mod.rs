@@ -216,6 +216,14 @@ fn print_media_summary(s: &raincheck::infer::MediaSummary, net: &str) {
         s.frames,
         s.ms_per_frame
     );
+    if let Some(t) = &s.temporal {
+        tracing::info!(
+            "temporal over {} frame pairs: warping error {}, flicker {:.2} (8-bit levels, lower is steadier)",
+            t.frames,
+            t.warp_error.map_or("n/a".into(), |w| format!("{w:.2}")),
+            t.flicker
+        );
+    }
 }
 
 /// Input and output of the commands that map images, folders and videos (`derain`, `translate`).

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use raincheck::realism::inception::Resize;
 use raincheck::realism::stats::KidOptions;
 use raincheck::realism::{RealismConfig, RealismReport};
 
@@ -20,6 +21,10 @@ pub struct RealismArgs {
     /// releases (or its safetensors conversion). Nothing is downloaded.
     #[arg(long, value_name = "FILE")]
     inception: PathBuf,
+    /// How images reach 299x299: bilinear (pytorch-fid, the FID papers report) or clean
+    /// (clean-fid's antialiased bicubic resize and normalisation).
+    #[arg(long, value_enum, default_value_t = Resize::default())]
+    resize: Resize,
     /// KID: random subsets to average over.
     #[arg(long, default_value_t = KidOptions::default().subsets)]
     kid_subsets: usize,
@@ -48,6 +53,7 @@ impl RealismArgs {
             real: self.real,
             fake: self.fake,
             inception: self.inception,
+            resize: self.resize,
             kid: KidOptions {
                 subsets: self.kid_subsets,
                 subset_size: self.kid_subset_size,

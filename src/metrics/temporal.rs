@@ -129,6 +129,47 @@ pub fn temporal(
     }
 }
 
+/// Running means of the temporal metrics over a video.
+#[derive(Default)]
+pub struct TemporalAccumulator {
+    frames: u64,
+    warp: (f64, u64),
+    flicker: f64,
+}
+
+impl TemporalAccumulator {
+    pub fn add(&mut self, t: &Temporal) {
+        self.frames += 1;
+        self.flicker += t.flicker;
+        if let Some(w) = t.warp_error {
+            self.warp.0 += w;
+            self.warp.1 += 1;
+        }
+    }
+
+    pub fn summary(&self, flow_from: &str) -> Option<TemporalSummary> {
+        (self.frames > 0).then(|| TemporalSummary {
+            frames: self.frames,
+            warp_error: (self.warp.1 > 0).then(|| self.warp.0 / self.warp.1 as f64),
+            flicker: self.flicker / self.frames as f64,
+            flow_from: flow_from.into(),
+        })
+    }
+}
+
+/// Mean temporal scores of the de-rained video over consecutive frame pairs (8-bit levels,
+/// lower is steadier).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct TemporalSummary {
+    /// Consecutive frame pairs scored.
+    pub frames: u64,
+    pub warp_error: Option<f64>,
+    pub flicker: f64,
+    /// Which frames the optical flow was computed on (`clean`, with `--add-rain`, or
+    /// `derained`).
+    pub flow_from: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,10 +335,40 @@ impl InceptionV3 {
         })
     }
 
-    /// `(b, 3, h, w)` RGB in [0, 1], any size → `(b, 2048)` pool3 features.
+    /// `(b, 3, h, w)` RGB in [0, 1], any size → `(b, 2048)` pool3 features, as pytorch-fid:
+    /// bilinear resize to 299x299, then `2x − 1`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = resize_bilinear(x, INPUT, INPUT)?;
-        let x = ((x * 2.0)? - 1.0)?;
+        self.forward_prepared(&((x * 2.0)? - 1.0)?)
+    }
+
+    /// The features of one RGB8 image, resized as `resize` says (clean-fid's `clean` mode also
+    /// normalises as it does, `(v − 128) / 128` on 0–255 values).
+    pub fn features(
+        &self,
+        img: &image::RgbImage,
+        resize: Resize,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match resize {
+            Resize::Bilinear => {
+                let x = crate::image_io::rgb8_to_tensor(img, device)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                self.forward(&x.unsqueeze(0)?)
+            }
+            Resize::Clean => {
+                let v: Vec<f32> = resize_clean(img, INPUT, INPUT)
+                    .into_iter()
+                    .map(|x| (x * 255.0 - 128.0) / 128.0)
+                    .collect();
+                self.forward_prepared(&Tensor::from_vec(v, (1, 3, INPUT, INPUT), device)?)
+            }
+        }
+    }
+
+    /// The network on `(b, 3, 299, 299)` inputs already in [−1, 1].
+    pub fn forward_prepared(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.clone();
         let x = self.stem[..3].iter().try_fold(x, |h, c| c.forward(&h))?;
         let x = max_pool_s2(&x)?;
         let x = self.stem[3..].iter().try_fold(x, |h, c| c.forward(&h))?;
@@ -385,6 +415,105 @@ pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> candle_core::Result<
         .t()?;
     let y = x.contiguous()?.broadcast_matmul(&rwt.contiguous()?)?;
     rh.broadcast_matmul(&y)
+}
+
+/// How images reach 299x299 before the network.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// PyTorch's bilinear `interpolate` without antialiasing, as pytorch-fid (the FID most
+    /// papers report).
+    #[default]
+    Bilinear,
+    /// PIL's antialiased bicubic resize of each channel in floating point, as clean-fid's
+    /// `clean` mode (Parmar et al., CVPR 2022): no aliasing when shrinking large frames.
+    Clean,
+}
+
+impl Resize {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resize::Bilinear => "bilinear",
+            Resize::Clean => "clean",
+        }
+    }
+}
+
+/// clean-fid's `clean` resize: PIL's `Image.resize((w, h), BICUBIC)` on each channel as a
+/// 32-bit float image (`mode='F'`), values clipped to [0, 255]. As PIL computes it: the
+/// bicubic kernel (a = −0.5) widened by the scale when shrinking, weights normalised per output
+/// pixel and cut at the image border, the horizontal pass first, each pass summed in f64 and
+/// stored as f32. Returns `(3, h, w)` in [0, 1].
+pub fn resize_clean(img: &image::RgbImage, w: usize, h: usize) -> Vec<f32> {
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    let taps = |n: usize, out: usize| -> Vec<(usize, Vec<f64>)> {
+        let scale = n as f64 / out as f64;
+        let filterscale = scale.max(1.0);
+        let support = 2.0 * filterscale;
+        let cubic = |x: f64| {
+            let a = -0.5;
+            let x = x.abs();
+            if x < 1.0 {
+                ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+            } else if x < 2.0 {
+                (((x - 5.0) * x + 8.0) * x - 4.0) * a
+            } else {
+                0.0
+            }
+        };
+        (0..out)
+            .map(|o| {
+                let center = (o as f64 + 0.5) * scale;
+                let lo = ((center - support + 0.5) as i64).max(0) as usize;
+                let hi = ((center + support + 0.5) as i64).min(n as i64) as usize;
+                let mut k: Vec<f64> = (lo..hi)
+                    .map(|i| cubic((i as f64 - center + 0.5) / filterscale))
+                    .collect();
+                let sum: f64 = k.iter().sum();
+                if sum != 0.0 {
+                    k.iter_mut().for_each(|v| *v /= sum);
+                }
+                (lo, k)
+            })
+            .collect()
+    };
+    let (tx, ty) = (taps(iw, w), taps(ih, h));
+    let raw = img.as_raw();
+    let mut out = vec![0f32; 3 * w * h];
+    let mut tmp = vec![0f32; ih * w];
+    for c in 0..3 {
+        for y in 0..ih {
+            for (x, (lo, k)) in tx.iter().enumerate() {
+                let s: f64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(j, kv)| kv * raw[(y * iw + lo + j) * 3 + c] as f64)
+                    .sum();
+                tmp[y * w + x] = s as f32;
+            }
+        }
+        for (y, (lo, k)) in ty.iter().enumerate() {
+            for x in 0..w {
+                let s: f64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(j, kv)| kv * tmp[(lo + j) * w + x] as f64)
+                    .sum();
+                out[c * w * h + y * w + x] = (s as f32).clamp(0.0, 255.0) / 255.0;
+            }
+        }
+    }
+    out
 }
 
 /// Builds the network over weights read from a file (names as above).
@@ -481,6 +610,61 @@ pub(crate) mod tests {
             }
         }
         assert!(worst < 1e-4, "max difference {worst}");
+    }
+
+    /// clean-fid's resize equals PIL's (`fid_reference.py resize`) when enlarging and when
+    /// shrinking (antialiased).
+    #[test]
+    fn clean_resize_equals_pils() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("eval/reference/fixtures/fid");
+        let want: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("resize.json")).unwrap())
+                .unwrap();
+        for case in ["up", "down"] {
+            let c = &want[case];
+            let src = c["source"].as_str().unwrap();
+            let mut img = match src.strip_prefix("frames/") {
+                Some(f) => {
+                    crate::image_io::load_rgb8(&root.join("datasets/samples/frames").join(f))
+                }
+                None => crate::image_io::load_rgb8(&dir.join(src)),
+            }
+            .unwrap();
+            if let Some(b) = c["box"].as_array() {
+                let b: Vec<u32> = b.iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                img = image::imageops::crop_imm(&img, b[0], b[1], b[2] - b[0], b[3] - b[1])
+                    .to_image();
+            }
+            let r = resize_clean(&img, INPUT, INPUT);
+            let plane = INPUT * INPUT;
+            for ch in 0..3 {
+                let sum: f64 = r[ch * plane..(ch + 1) * plane]
+                    .iter()
+                    .map(|v| *v as f64 * 255.0)
+                    .sum();
+                let w = c["sum"][ch].as_f64().unwrap();
+                assert!(
+                    (sum - w).abs() < 1e-6 * w,
+                    "{case} channel {ch}: {sum} vs {w}"
+                );
+            }
+            for p in c["picks"].as_array().unwrap() {
+                let p: Vec<f64> = p
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                let (ch, y, x) = (p[0] as usize, p[1] as usize, p[2] as usize);
+                let got = r[ch * plane + y * INPUT + x] as f64 * 255.0;
+                assert!(
+                    (got - p[3]).abs() < 1e-3,
+                    "{case} ({ch}, {y}, {x}): {got} vs {}",
+                    p[3]
+                );
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct RealismConfig {
     pub fake: PathBuf,
     /// The FID InceptionV3 weights (`.pth` or safetensors).
     pub inception: PathBuf,
+    /// How images reach 299x299 (pytorch-fid's bilinear, or clean-fid's antialiased bicubic).
+    pub resize: inception::Resize,
     pub kid: KidOptions,
     /// Bootstrap resamples of the FID interval.
     pub fid_resamples: usize,
@@ -108,6 +110,7 @@ pub struct RealismReport {
 pub fn folder_features(
     dir: &Path,
     net: &inception::InceptionV3,
+    resize: inception::Resize,
     weights_key: &str,
     cache: Option<&Path>,
     device: &Device,
@@ -120,14 +123,25 @@ pub fn folder_features(
         });
     }
     let images: Vec<PathBuf> = image_io::images_by_stem(dir)?.into_values().collect();
-    image_features(dir, &images, net, weights_key, cache, device, progress)
+    image_features(
+        dir,
+        &images,
+        net,
+        resize,
+        weights_key,
+        cache,
+        device,
+        progress,
+    )
 }
 
 /// Feature vectors of `images` (a set named `set` in messages), cached when `cache` is set.
+#[allow(clippy::too_many_arguments)]
 pub fn image_features(
     set: &Path,
     images: &[PathBuf],
     net: &inception::InceptionV3,
+    resize: inception::Resize,
     weights_key: &str,
     cache: Option<&Path>,
     device: &Device,
@@ -155,7 +169,9 @@ pub fn image_features(
                 })
         })
         .collect::<Result<_>>()?;
-    let key = crate::ids::sha256_hex(format!("{weights_key}\n{}", hashes.join("\n")).as_bytes());
+    let key = crate::ids::sha256_hex(
+        format!("{weights_key}\n{}\n{}", resize.name(), hashes.join("\n")).as_bytes(),
+    );
     let cached = cache.map(|c| c.join(format!("{}.safetensors", &key[..32])));
     if let Some(path) = cached.as_ref().filter(|p| p.is_file()) {
         if let Ok(t) = crate::weights::read_tensors(path) {
@@ -173,8 +189,10 @@ pub fn image_features(
     let mut rows = Vec::with_capacity(images.len());
     for p in images {
         let img = image_io::load_rgb8(p)?;
-        let x = image_io::rgb8_to_tensor(&img, device)?.unsqueeze(0)?;
-        let f = net.forward(&x)?.squeeze(0)?.to_vec1::<f32>()?;
+        let f = net
+            .features(&img, resize, device)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
         rows.push(f);
         pb.inc(1);
     }
@@ -256,6 +274,7 @@ pub fn run(cfg: &RealismConfig) -> Result<RealismReport> {
         folder_features(
             dir,
             &net,
+            cfg.resize,
             &key,
             cfg.cache.as_deref(),
             &cfg.device,
@@ -276,7 +295,10 @@ pub fn run(cfg: &RealismConfig) -> Result<RealismReport> {
             "network": "FID InceptionV3 (pytorch-fid's: TensorFlow's 2015-12-05 Inception, pool3, 2048-d)",
             "weights": cfg.inception.display().to_string(),
             "weights_sha256": key,
-            "resize": "bilinear to 299x299 (PyTorch interpolate, align_corners=False, no antialiasing), then scaled to [-1, 1]",
+            "resize": match cfg.resize {
+                inception::Resize::Bilinear => "bilinear to 299x299 (PyTorch interpolate, align_corners=False, no antialiasing), then 2x - 1 (pytorch-fid)",
+                inception::Resize::Clean => "PIL bicubic with antialiasing per channel in float to 299x299, clipped to 0-255, then (v - 128) / 128 (clean-fid's clean mode)",
+            },
             "fid": "|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)), covariances over n - 1, f64",
             "kid": "unbiased MMD^2, kernel (x.y/d + 1)^3, mean and std over random subsets",
             "fid_ci95": format!("percentile bootstrap, {} resamples of both sets", cfg.fid_resamples),
@@ -367,6 +389,7 @@ mod tests {
             real: real.to_path_buf(),
             fake: fake.to_path_buf(),
             inception: weights.clone(),
+            resize: inception::Resize::Bilinear,
             kid: KidOptions {
                 subsets: 10,
                 subset_size: None,
@@ -393,6 +416,12 @@ mod tests {
         assert_eq!(again.fid, r.fid);
         let same = run(&cfg(&real, &real)).unwrap();
         assert!(same.fid.abs() < 1e-6, "{}", same.fid);
+        // clean-fid's resize: other features (cached apart), the same kind of numbers.
+        let mut clean = cfg(&real, &fake);
+        clean.resize = inception::Resize::Clean;
+        let c = run(&clean).unwrap();
+        assert!(c.fid > 0.0 && c.fid != r.fid, "{} vs {}", c.fid, r.fid);
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 4);
         // Missing weights say where they come from.
         let mut bad = cfg(&real, &fake);
         bad.inception = t.path().join("missing.pth");

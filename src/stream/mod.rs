@@ -260,55 +260,6 @@ struct Finished {
     temporal: Option<crate::metrics::temporal::Temporal>,
 }
 
-/// The previous frame the temporal metrics compare with, and the flow estimator.
-#[cfg(feature = "video")]
-struct TemporalState {
-    flow: crate::video::FlowEstimator,
-    /// (index, de-rained, reference for the flicker, frame the flow is computed on)
-    prev: Option<(u64, RgbImage, RgbImage, RgbImage)>,
-}
-
-#[cfg(feature = "video")]
-impl TemporalState {
-    fn new() -> Result<Self> {
-        Ok(TemporalState {
-            flow: crate::video::FlowEstimator::new()?,
-            prev: None,
-        })
-    }
-
-    /// Scores frame `index` against the previous one when they are consecutive (a dropped
-    /// frame in between breaks the pair). Flow on the clean frames when there are any, else on
-    /// the de-rained ones; the flicker's reference is the clean frame, else the rainy input.
-    fn update(
-        &mut self,
-        index: u64,
-        derained: &RgbImage,
-        rainy: &RgbImage,
-        clean: Option<&RgbImage>,
-    ) -> Result<Option<crate::metrics::temporal::Temporal>> {
-        let reference = clean.unwrap_or(rainy).clone();
-        let flow_src = clean.unwrap_or(derained).clone();
-        let scores = match &self.prev {
-            Some((i, prev_out, prev_ref, prev_src)) if *i + 1 == index => {
-                let field = |uv| crate::metrics::temporal::Flow {
-                    width: derained.width() as usize,
-                    height: derained.height() as usize,
-                    uv,
-                };
-                let back = field(self.flow.flow(&flow_src, prev_src)?);
-                let fwd = field(self.flow.flow(prev_src, &flow_src)?);
-                Some(crate::metrics::temporal::temporal(
-                    prev_out, derained, prev_ref, &reference, &back, &fwd,
-                ))
-            }
-            _ => None,
-        };
-        self.prev = Some((index, derained.clone(), reference, flow_src));
-        Ok(scores)
-    }
-}
-
 /// Counters shared by the stages.
 #[derive(Default)]
 struct Shared {
@@ -641,7 +592,7 @@ pub fn run(
     let temporal_on = job.temporal || job.add_rain.is_some();
     #[cfg(feature = "video")]
     let mut temporal_state = if temporal_on {
-        Some(TemporalState::new()?)
+        Some(crate::infer::TemporalTracker::new()?)
     } else {
         None
     };
@@ -652,7 +603,7 @@ pub fn run(
                 .into(),
         ));
     }
-    let mut temporal = stats::TemporalAccumulator::default();
+    let mut temporal = crate::metrics::temporal::TemporalAccumulator::default();
     let mut frames_out = 0u64;
     let start = Instant::now();
 

@@ -59,47 +59,6 @@ pub struct LatencySummary {
     pub max: f64,
 }
 
-/// Running means of the temporal metrics ([`crate::metrics::temporal`]).
-#[derive(Default)]
-pub struct TemporalAccumulator {
-    frames: u64,
-    warp: (f64, u64),
-    flicker: f64,
-}
-
-impl TemporalAccumulator {
-    pub fn add(&mut self, t: &crate::metrics::temporal::Temporal) {
-        self.frames += 1;
-        self.flicker += t.flicker;
-        if let Some(w) = t.warp_error {
-            self.warp.0 += w;
-            self.warp.1 += 1;
-        }
-    }
-
-    pub fn summary(&self, flow_from: &str) -> Option<TemporalSummary> {
-        (self.frames > 0).then(|| TemporalSummary {
-            frames: self.frames,
-            warp_error: (self.warp.1 > 0).then(|| self.warp.0 / self.warp.1 as f64),
-            flicker: self.flicker / self.frames as f64,
-            flow_from: flow_from.into(),
-        })
-    }
-}
-
-/// Mean temporal scores of the de-rained video over consecutive frame pairs (8-bit levels,
-/// lower is steadier).
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct TemporalSummary {
-    /// Consecutive frame pairs scored.
-    pub frames: u64,
-    pub warp_error: Option<f64>,
-    pub flicker: f64,
-    /// Which frames the optical flow was computed on (`clean`, with `--add-rain`, or
-    /// `derained`).
-    pub flow_from: String,
-}
-
 /// Running means of `psnr_y`/`ssim_y` (only with `--add-rain`, where a clean frame exists).
 #[derive(Default)]
 pub struct QualityAccumulator {
@@ -224,7 +183,7 @@ pub struct StreamStats {
     pub quality: Option<QualitySummary>,
     /// With `--temporal` (or `--add-rain`): warping error and flicker of the de-rained video.
     #[serde(default)]
-    pub temporal: Option<TemporalSummary>,
+    pub temporal: Option<crate::metrics::temporal::TemporalSummary>,
     /// Peak resident memory of the process (MiB).
     pub peak_rss_mib: Option<f64>,
     pub outputs: Outputs,

@@ -670,7 +670,16 @@ fn inception_realism(
     use crate::realism;
     let (net, key) = realism::load_inception(weights, &cfg.device)?;
     let feats = |set: &Path, images: &[PathBuf]| {
-        realism::image_features(set, images, &net, &key, cache, &cfg.device, cfg.progress)
+        realism::image_features(
+            set,
+            images,
+            &net,
+            realism::inception::Resize::Bilinear,
+            &key,
+            cache,
+            &cfg.device,
+            cfg.progress,
+        )
     };
     let real_images: Vec<PathBuf> = image_io::images_by_stem(rainy)?.into_values().collect();
     let real = feats(rainy, &real_images)?;

@@ -490,3 +490,51 @@ fn temporal_metrics_tell_a_flickering_output_from_a_steady_one() {
         "{flickering:?} vs {steady:?}"
     );
 }
+
+/// `derain --temporal` on a video writes the outputs' temporal scores beside them; on images
+/// it is a usage error.
+#[test]
+fn derain_scores_a_videos_temporal_consistency() {
+    let t = tempfile::tempdir().unwrap();
+    let run = tiny_run(t.path(), "unet");
+    let photo =
+        raincheck::image_io::load_rgb8(&samples().join("frames/dlib_la_downtown.jpg")).unwrap();
+    let video = t.path().join("pan.avi");
+    let mut v = VideoWriter::create(&video, 10.0, 160, 120).unwrap();
+    for i in 0..6u32 {
+        v.write(&image::imageops::crop_imm(&photo, 300 - 2 * i, 200 - i, 160, 120).to_image())
+            .unwrap();
+    }
+    v.finish().unwrap();
+    let out = t.path().join("out");
+    ok(&[
+        "derain",
+        "--model",
+        s(&run),
+        "--input",
+        s(&video),
+        "--out",
+        s(&out),
+        "--temporal",
+    ]);
+    let scores: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("temporal.json")).unwrap()).unwrap();
+    assert_eq!(scores["frames"], 5, "{scores}");
+    assert!(scores["flicker"].as_f64().unwrap().is_finite(), "{scores}");
+    assert_eq!(scores["flow_from"], "derained");
+    let frames = small_frames(t.path(), 2);
+    let e = fails(
+        &[
+            "derain",
+            "--model",
+            s(&run),
+            "--input",
+            s(&frames),
+            "--out",
+            s(&out),
+            "--temporal",
+        ],
+        2,
+    );
+    assert!(e.contains("video"), "{e}");
+}
