@@ -282,9 +282,11 @@ pub fn run(cfg: &StudyConfig) -> Result<StudyReport> {
     )?;
 
     stage(3, "CycleGAN clear <-> rainy, and CycleGAN-rain pairs");
-    let rainy_domain = match &cfg.rainy {
-        Some(r) => r.clone(),
-        None => render_domain(cfg, &parts, out)?,
+    // Real rainy photos: most train the CycleGAN; a held-out fifth is de-rained by every model
+    // below and judged by NIQE (real rain has no clean target).
+    let (rainy_domain, real_heldout) = match &cfg.rainy {
+        Some(r) => split_rainy(r, out)?,
+        None => (render_domain(cfg, &parts, out)?, None),
     };
     let cyclegan_run = out.join("runs/cyclegan");
     train_cyclegan(
@@ -337,6 +339,17 @@ pub fn run(cfg: &StudyConfig) -> Result<StudyReport> {
         }
     }
 
+    let mut real_rain = Vec::new();
+    if let Some(photos) = &real_heldout {
+        for (arch, train_rain, model) in &models {
+            let dir = out
+                .join("eval")
+                .join(format!("{arch}-{train_rain}-on-real"));
+            let r = derain_real(cfg, arch, model, photos, &dir)?;
+            real_rain.push((arch.clone(), train_rain.clone(), r));
+        }
+    }
+
     stage(6, "study.json, report.md, charts, study.rrd");
     let fid = match (&cfg.inception, &cfg.rainy) {
         (Some(weights), Some(rainy)) => inception_realism(
@@ -348,7 +361,15 @@ pub fn run(cfg: &StudyConfig) -> Result<StudyReport> {
         )?,
         _ => Default::default(),
     };
-    let report = report::write(out, &spec, &parts.counts, &evals, &fid, cfg.seed)?;
+    let report = report::write(
+        out,
+        &spec,
+        &parts.counts,
+        &evals,
+        &fid,
+        &real_rain,
+        cfg.seed,
+    )?;
     Ok(report)
 }
 
@@ -494,6 +515,82 @@ fn split_parts(clear: &Path, out: &Path, real_rainy: bool) -> Result<Parts> {
     let json = serde_json::to_vec_pretty(&counts).expect("counts serialise");
     image_io::write_atomic(&done, &json).map_err(io_err(&done))?;
     Ok(Parts { root, counts })
+}
+
+/// Splits the real rainy photos by a hash of their names: about 80% train the CycleGAN
+/// (`parts/rainy_train`), the rest are held out (`parts/rainy_heldout`) to judge the de-rainers
+/// on real rain. Fewer than 5 photos: all train, none held out.
+fn split_rainy(rainy: &Path, out: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    let images = image_io::images_by_stem(rainy)?;
+    if images.len() < 5 {
+        tracing::warn!(
+            "{}: {} rainy photos, too few to hold some out: none are de-rained for NIQE",
+            rainy.display(),
+            images.len()
+        );
+        return Ok((rainy.to_path_buf(), None));
+    }
+    let root = out.join("parts");
+    let (train, heldout) = (root.join("rainy_train"), root.join("rainy_heldout"));
+    let done = root.join("rainy.json");
+    if !done.is_file() {
+        let mut counts = BTreeMap::new();
+        for (stem, path) in &images {
+            let u = dataset::id_hash("raincheck-study-rainy", stem) as f64 / u64::MAX as f64;
+            let dir = if u < 0.8 { &train } else { &heldout };
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
+            let dst = dir.join(format!("{stem}.{ext}"));
+            if !dst.exists() && std::fs::hard_link(path, &dst).is_err() {
+                std::fs::copy(path, &dst).map_err(io_err(&dst))?;
+            }
+            *counts
+                .entry(dir.file_name().unwrap().to_string_lossy().into_owned())
+                .or_insert(0usize) += 1;
+        }
+        let json = serde_json::to_vec_pretty(&counts).expect("counts serialise");
+        image_io::write_atomic(&done, &json).map_err(io_err(&done))?;
+    }
+    let held = heldout.is_dir().then_some(heldout);
+    Ok((train, held))
+}
+
+/// De-rains the held-out real rainy photos with one model and scores outputs and photos by
+/// NIQE (`eval::noref`); skipped when its report exists.
+fn derain_real(
+    cfg: &StudyConfig,
+    arch: &str,
+    model: &Path,
+    photos: &Path,
+    dir: &Path,
+) -> Result<crate::eval::noref::NoRefReport> {
+    let json = dir.join("report.json");
+    if json.is_file() {
+        let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
+        if let Ok(r) = serde_json::from_str(&text) {
+            return Ok(r);
+        }
+    }
+    let outputs = dir.join("outputs");
+    let is_file = model.is_file();
+    crate::derain::apply::run(&crate::derain::apply::DerainJob {
+        model: model.to_path_buf(),
+        arch: is_file.then(|| arch.to_string()),
+        preset: is_file.then(|| "paper".to_string()),
+        input: photos.to_path_buf(),
+        pair: None,
+        out: outputs.clone(),
+        device: cfg.device.clone(),
+        tiles: TileChoice::whole(),
+        temporal: false,
+        progress: cfg.progress,
+    })?;
+    Ok(crate::eval::noref::run(&crate::eval::noref::NoRefConfig {
+        pred: outputs,
+        input: Some(photos.to_path_buf()),
+        report: dir.to_path_buf(),
+        progress: cfg.progress,
+    })?)
 }
 
 fn generate(cfg: &StudyConfig, plan: &Plan, clear: &Path, out: &Path, rain: &str) -> Result<()> {

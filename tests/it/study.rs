@@ -208,3 +208,57 @@ fn study_bad_inputs_get_clear_errors() {
     let plan = ok(&["study", "--print-plan", "--budget", "small"]);
     assert!(plan.contains("cyclegan_steps = 8000"), "{plan}");
 }
+
+/// With real rainy photos: a held-out fifth is de-rained by every model and judged by NIQE.
+#[test]
+#[cfg(feature = "video")]
+fn real_rainy_photos_are_partly_held_out_and_derained_by_every_model() {
+    let t = tempfile::tempdir().unwrap();
+    let clear = clear_images(t.path());
+    let rainy = t.path().join("rainy");
+    std::fs::create_dir_all(&rainy).unwrap();
+    // 288x192 photos (NIQE needs two 96x96 blocks): the bundled frames, twice over.
+    for e in std::fs::read_dir(samples().join("frames")).unwrap() {
+        let p = e.unwrap().path();
+        let img = raincheck::image_io::load_rgb8(&p).unwrap();
+        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+        for (k, (w, h)) in [(288, 192), (300, 200)].into_iter().enumerate() {
+            let small = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
+            raincheck::image_io::save_png(&small, &rainy.join(format!("{stem}_{k}.png"))).unwrap();
+        }
+    }
+    let plan = t.path().join("plan.toml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let out = t.path().join("study");
+    ok(&[
+        "study",
+        "--clear",
+        s(&clear),
+        "--rainy",
+        s(&rainy),
+        "--out",
+        s(&out),
+        "--plan",
+        s(&plan),
+    ]);
+    let train = names_containing(&out.join("parts/rainy_train"), ".png").len();
+    let held = names_containing(&out.join("parts/rainy_heldout"), ".png").len();
+    assert_eq!(train + held, 20);
+    assert!(held >= 1 && train > held, "{train} + {held}");
+    let report = study_json(&out);
+    let cells = report["real_rain"].as_array().unwrap();
+    assert_eq!(cells.len(), 4, "unet and vit, each trained on both rains");
+    for c in cells {
+        assert_eq!(c["images"].as_u64().unwrap() as usize, held);
+        assert!(c["output"]["mean"].as_f64().unwrap().is_finite(), "{c}");
+        assert!(c["input"]["mean"].as_f64().unwrap().is_finite(), "{c}");
+    }
+    assert!(report["realism"]["real rainy photos"]["mean"]
+        .as_f64()
+        .is_some());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## De-raining real rain (held-out photos"),
+        "{md}"
+    );
+}
