@@ -34,6 +34,7 @@ pub const LAYERS: &[(&str, u32)] = &[
     // Stages over the model families.
     ("eval", 8),
     ("generate", 8),
+    ("quiz", 8),
     ("realism", 8),
     ("registry", 8),
     ("stream", 8),

@@ -22,6 +22,7 @@ pub use raincheck_nn as nn;
 pub mod optim;
 pub mod pairing;
 pub mod progress;
+pub mod quiz;
 pub mod rain;
 pub mod realism;
 pub mod registry;

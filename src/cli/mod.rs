@@ -8,6 +8,7 @@ mod eval;
 mod frames;
 mod generate;
 mod inspect;
+mod quiz;
 mod rain;
 mod realism;
 mod stream;
@@ -99,6 +100,9 @@ enum Command {
     /// How close two image sets are, by FID and KID over the FID InceptionV3's features: e.g.
     /// synthetic rain (--fake) against real rainy photos (--real). JSON on stdout.
     Realism(realism::RealismArgs),
+    /// The human realism test as a static page: real and synthetic images one at a time,
+    /// "real" / "synthetic" answers downloaded by each participant; `quiz score` pools them.
+    Quiz(quiz::QuizArgs),
     /// Look into and convert weight files: safetensors, PyTorch `.pth` in the zip format and in
     /// the legacy (pre-1.6) format that most published checkpoints use.
     #[command(subcommand)]
@@ -138,6 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stream(a) => a.run(&ctx),
         Command::Study(a) => a.run(&ctx),
         Command::Realism(a) => a.run(&ctx),
+        Command::Quiz(a) => a.run(&ctx),
         Command::Weights(c) => c.run(&ctx),
     }
 }
