@@ -205,6 +205,7 @@ const PAGE: &str = r#"<!doctype html>
   <div id="done" class="hidden">
     <p>Thank you. Please download your answers and send the file to the person running the study.</p>
     <a id="download" download="results.json"><button>Download results</button></a>
+    <pre id="results" hidden></pre>
   </div>
 </main>
 <script>
@@ -230,14 +231,23 @@ function answer(kind) {
   const blob = new Blob([JSON.stringify(results, null, 1)], { type: "application/json" });
   $("download").href = URL.createObjectURL(blob);
   $("download").download = `results-${QUIZ.quiz_id}-${Date.now()}.json`;
+  $("results").textContent = JSON.stringify(results);
 }
-$("start").onclick = () => { $("intro").classList.add("hidden"); $("stage").classList.remove("hidden"); show(); };
+function start() { $("intro").classList.add("hidden"); $("stage").classList.remove("hidden"); show(); }
+$("start").onclick = start;
 $("real").onclick = () => answer("real");
 $("synthetic").onclick = () => answer("synthetic");
 document.addEventListener("keydown", (e) => {
   if (e.key === "r" || e.key === "R") answer("real");
   if (e.key === "s" || e.key === "S") answer("synthetic");
 });
+// Browser check (tools/quiz_browser_check.sh): `#autotest=RSRS…` presses the keys at load and
+// leaves the results in <pre id="results"> for a headless browser's DOM dump.
+const auto = /^#autotest=([RS]+)$/.exec(location.hash);
+if (auto) {
+  start();
+  for (const c of auto[1]) document.dispatchEvent(new KeyboardEvent("keydown", { key: c }));
+}
 </script>
 </body>
 </html>
