@@ -52,6 +52,129 @@ pub mod paths {
     pub const TIMELINE_VIDEO_TIME: &str = "video_time";
 }
 
+/// Whether recordings get raincheck's layout (off with `--no-blueprint`; process-wide, set once
+/// by the command line before any recording opens).
+static BLUEPRINTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the layouts off for this process: recordings open in the viewer's automatic layout.
+pub fn disable_blueprints() {
+    BLUEPRINTS.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The viewer layouts raincheck sends with its recordings (a blueprint per job): the pictures
+/// side by side on top, the scores each in one plot with every series of that score.
+pub mod layouts {
+    use super::paths;
+    use rerun::blueprint::{
+        Blueprint, ContainerLike, Grid, Horizontal, Spatial2DView, TimeSeriesView, Vertical,
+    };
+
+    fn image(name: &str, origin: &str) -> ContainerLike {
+        Spatial2DView::new(name).with_origin(origin).into()
+    }
+
+    fn series(name: &str, contents: &[&str]) -> ContainerLike {
+        TimeSeriesView::new(name)
+            .with_origin("/")
+            .with_contents(contents.iter().map(|c| format!("+ {c}")))
+            .into()
+    }
+
+    /// `raincheck stream`: rainy | de-rained (| clean) on top; below, one plot per score with
+    /// both series, the temporal scores, all stage timings together, throughput and drops.
+    pub fn stream(clean: bool, temporal: bool) -> Blueprint {
+        let mut top = vec![
+            image("rainy (model input)", paths::CAMERA_RAINY),
+            image("de-rained", paths::CAMERA_DERAINED),
+        ];
+        if clean {
+            top.push(image("clean", paths::CAMERA_CLEAN));
+        }
+        let mut plots = Vec::new();
+        if clean {
+            plots.push(series(
+                "psnr_y: rainy vs de-rained",
+                &[&format!("{}/**", paths::METRICS_PSNR_Y)],
+            ));
+            plots.push(series(
+                "ssim_y: rainy vs de-rained",
+                &[&format!("{}/**", paths::METRICS_SSIM_Y)],
+            ));
+        }
+        if temporal {
+            plots.push(series(
+                "temporal (8-bit levels)",
+                &[paths::METRICS_WARP_ERROR, paths::METRICS_FLICKER],
+            ));
+        }
+        plots.push(series(
+            "stage timings (ms)",
+            &[&format!("{}/**", paths::TIMING)],
+        ));
+        plots.push(series(
+            "throughput and drops",
+            &[paths::STATS_FPS, paths::STATS_DROPPED],
+        ));
+        Blueprint::new(Vertical::new([
+            Horizontal::new(top).into(),
+            Grid::new(plots).into(),
+        ]))
+    }
+
+    /// `raincheck eval`: the best/worst grid beside the per-image scores of outputs and inputs.
+    pub fn eval() -> Blueprint {
+        Blueprint::new(Horizontal::new([
+            image("best and worst images", paths::EVAL_GRID),
+            Vertical::new([
+                series(
+                    "outputs' scores per image",
+                    &[&format!("{}/output/**", paths::EVAL)],
+                ),
+                series(
+                    "inputs' scores per image",
+                    &[&format!("{}/input/**", paths::EVAL)],
+                ),
+            ])
+            .into(),
+        ]))
+    }
+
+    /// `raincheck train derain`: loss and learning rate, validation scores, the sample.
+    pub fn train_derain() -> Blueprint {
+        Blueprint::new(Horizontal::new([
+            Vertical::new([
+                series("training loss and learning rate", &["train/**"]),
+                series("validation scores", &["val/psnr_y", "val/ssim_y", "val/**"]),
+            ])
+            .into(),
+            image("validation sample", "val/derained"),
+        ]))
+    }
+
+    /// `raincheck train cyclegan`: the losses together beside the sample grid.
+    pub fn train_cyclegan() -> Blueprint {
+        Blueprint::new(Horizontal::new([
+            series("losses", &["loss/**"]),
+            image(
+                "real | fake | reconstructed",
+                "samples/real_fake_reconstructed",
+            ),
+        ]))
+    }
+
+    /// `raincheck inspect`: rainy | clean, the rain rate over the pairs.
+    pub fn inspect() -> Blueprint {
+        Blueprint::new(Vertical::new([
+            Horizontal::new([
+                image("rainy", paths::PAIR_RAINY),
+                image("clean", paths::PAIR_CLEAN),
+            ])
+            .into(),
+            series("rain rate (mm/h)", &[paths::PAIR_RATE]),
+        ]))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VizError {
     #[error("rerun ({target}): {message}")]
@@ -135,6 +258,23 @@ impl Recorder {
         })
     }
 
+    /// Sends the job's viewer layout (unless `--no-blueprint` turned layouts off), made the
+    /// active and default one for the application.
+    pub fn layout(&self, blueprint: rerun::blueprint::Blueprint) -> Result<()> {
+        if !BLUEPRINTS.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        blueprint
+            .send(
+                self.stream(),
+                rerun::blueprint::BlueprintActivation::default(),
+            )
+            .map_err(|e| VizError::Rerun {
+                target: self.target.describe(),
+                message: e.to_string(),
+            })
+    }
+
     /// Where the recording goes (a path, a URL, or "spawned viewer").
     pub fn describe(&self) -> String {
         self.target.describe()
@@ -207,11 +347,26 @@ impl Recorder {
     }
 }
 
-/// What an `.rrd` file holds: rows logged per entity path and the timelines used.
+/// What an `.rrd` file holds: rows logged per entity path and the timelines used, and the
+/// blueprint sent with it (its chunks printed, to look for view names and entity paths).
 #[derive(Debug, Default)]
 pub struct RecordingContents {
     pub rows: std::collections::BTreeMap<String, usize>,
     pub timelines: std::collections::BTreeSet<String>,
+    /// Entity paths of the blueprint store (`view/…`, `container/…`), with their rows.
+    pub blueprint: std::collections::BTreeMap<String, usize>,
+    /// The blueprint's chunks as text (component values included).
+    pub blueprint_text: String,
+}
+
+impl RecordingContents {
+    /// Views in the blueprint.
+    pub fn views(&self) -> usize {
+        self.blueprint
+            .keys()
+            .filter(|k| k.starts_with("view/") && k.matches('/').count() == 1)
+            .count()
+    }
 }
 
 /// Reads a saved recording back (used by tests and tools to check a recording's layout).
@@ -224,9 +379,18 @@ pub fn read_recording(path: &std::path::Path) -> Result<RecordingContents> {
     let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     let mut contents = RecordingContents::default();
     for msg in DecoderApp::decode_lazy(std::io::BufReader::new(file)) {
-        if let rerun::log::LogMsg::ArrowMsg(_, arrow) = msg.map_err(|e| bad(e.to_string()))? {
+        if let rerun::log::LogMsg::ArrowMsg(store, arrow) = msg.map_err(|e| bad(e.to_string()))? {
             let chunk =
                 rerun::log::Chunk::from_arrow_msg(&arrow).map_err(|e| bad(e.to_string()))?;
+            if store.kind() == rerun::StoreKind::Blueprint {
+                let path = chunk.entity_path().to_string();
+                *contents
+                    .blueprint
+                    .entry(path.trim_start_matches('/').to_string())
+                    .or_default() += chunk.num_rows();
+                contents.blueprint_text.push_str(&chunk.to_string());
+                continue;
+            }
             *contents
                 .rows
                 .entry(

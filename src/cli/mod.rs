@@ -304,10 +304,17 @@ struct RerunArgs {
     /// JPEG quality of logged images.
     #[arg(long, default_value_t = raincheck::viz::DEFAULT_JPEG_QUALITY, value_parser = clap::value_parser!(u8).range(1..=100))]
     rerun_jpeg_quality: u8,
+    /// Send no viewer layout with the recording (the viewer arranges it automatically).
+    #[arg(long)]
+    no_blueprint: bool,
 }
 
 impl RerunArgs {
     fn target(&self) -> Option<RerunTarget> {
+        // The layout switch is process-wide: every command opens its recording after this.
+        if self.no_blueprint {
+            raincheck::viz::disable_blueprints();
+        }
         if let Some(p) = &self.save {
             Some(RerunTarget::Save(p.clone()))
         } else if let Some(u) = &self.connect {

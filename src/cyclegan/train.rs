@@ -562,7 +562,11 @@ pub fn train(run: &CycleganRun) -> Result<CycleganSummary> {
     image_io::write_atomic(&cfg_path, text.as_bytes()).map_err(io_err(&cfg_path))?;
 
     let rec = match &run.rerun {
-        Some(t) => Some(Recorder::new("raincheck train cyclegan", t, 85)?),
+        Some(t) => {
+            let rec = Recorder::new("raincheck train cyclegan", t, 85)?;
+            rec.layout(crate::viz::layouts::train_cyclegan())?;
+            Some(rec)
+        }
         None => None,
     };
     tracing::info!(

@@ -25,6 +25,7 @@ pub fn inspect(root: &Path, cfg: &InspectConfig) -> Result<usize> {
         .take(cfg.limit.unwrap_or(usize::MAX))
         .collect();
     let rec = Recorder::new("raincheck inspect", &cfg.target, cfg.jpeg_quality)?;
+    rec.layout(crate::viz::layouts::inspect())?;
     let pb = crate::progress::bar(records.len() as u64, "logging", cfg.progress);
     for (i, r) in records.iter().enumerate() {
         let clean = image_io::load_rgb8(&root.join(&r.clean))?;

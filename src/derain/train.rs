@@ -417,7 +417,11 @@ pub fn train(run: &TrainRun) -> Result<TrainSummary> {
     }
 
     let rec = match &run.rerun {
-        Some(t) => Some(Recorder::new("raincheck train", t, 85)?),
+        Some(t) => {
+            let rec = Recorder::new("raincheck train", t, 85)?;
+            rec.layout(crate::viz::layouts::train_derain())?;
+            Some(rec)
+        }
         None => None,
     };
     let started = Instant::now();

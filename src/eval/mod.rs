@@ -568,6 +568,7 @@ fn run_pairs(cfg: &EvalConfig, pairs: Vec<Paired>, pairing: Option<PairingInfo>)
     write("report.md", report_markdown(&report, &grid_ids).as_bytes())?;
     if let Some(target) = &cfg.rerun {
         let rec = Recorder::new("raincheck eval", target, cfg.jpeg_quality)?;
+        rec.layout(crate::viz::layouts::eval())?;
         for (i, s) in report.images.iter().enumerate() {
             rec.set_sequence(paths::TIMELINE_IMAGE, i as i64);
             for m in METRICS {

@@ -442,11 +442,15 @@ impl Sinks {
             check_parent(path)?;
         }
         let rec = match &job.rerun {
-            Some(target) => Some(Recorder::new(
-                "raincheck stream",
-                target,
-                job.rerun_jpeg_quality,
-            )?),
+            Some(target) => {
+                let rec = Recorder::new("raincheck stream", target, job.rerun_jpeg_quality)?;
+                let with_clean = job.add_rain.is_some();
+                rec.layout(crate::viz::layouts::stream(
+                    with_clean,
+                    job.temporal || with_clean,
+                ))?;
+                Some(rec)
+            }
             None => None,
         };
         Ok(Sinks {

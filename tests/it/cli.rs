@@ -548,6 +548,10 @@ fn inspect_writes_a_recording() {
     for entity in ["pairs/clean", "pairs/rainy", "pairs/params"] {
         assert!(text.contains(entity), "{entity} missing from the recording");
     }
+    // Its layout: rainy | clean above the rain rate.
+    let rec = raincheck::viz::read_recording(&rrd).unwrap();
+    assert_eq!(rec.views(), 3, "{:?}", rec.blueprint);
+    assert!(rec.blueprint_text.contains("rain rate (mm/h)"));
     assert!(fails(&["inspect", s(&d)], 2).contains("--save"));
     // A pair that cannot be read ends the run with its name, and no recording (not even a
     // temporary one) is left behind.
@@ -707,6 +711,10 @@ fn eval_scores_folders_and_writes_a_report() {
         assert!(report.join(f).is_file(), "{f}");
     }
     assert!(rrd.is_file());
+    // Its layout: the grid beside the outputs' and inputs' scores.
+    let rec = raincheck::viz::read_recording(&rrd).unwrap();
+    assert_eq!(rec.views(), 3, "{:?}", rec.blueprint);
+    assert!(rec.blueprint_text.contains("eval/output/**"));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();
@@ -1189,6 +1197,9 @@ fn train_resume_continues_exactly() {
         names_containing(&c, ".tmp").is_empty()
             && names_containing(&c.join("checkpoints"), ".tmp").is_empty()
     );
+    let layout = raincheck::viz::read_recording(&rrd).unwrap();
+    assert_eq!(layout.views(), 3, "{:?}", layout.blueprint);
+    assert!(layout.blueprint_text.contains("validation scores"));
     let text = String::from_utf8_lossy(&std::fs::read(&rrd).unwrap()).into_owned();
     for entity in ["train/loss", "train/lr", "val/psnr_y", "val/derained"] {
         assert!(text.contains(entity), "{entity} missing from the recording");

@@ -156,7 +156,49 @@ fn streams_the_bundled_clip_to_video_recording_and_stats() {
     for timeline in ["frame", "video_time"] {
         assert!(rec.timelines.contains(timeline), "{:?}", rec.timelines);
     }
+    // With add-rain and its temporal metrics: the warping error and flicker every frame but
+    // the first.
+    assert_eq!(rows("metrics/warp_error"), n - 1, "{:?}", rec.rows);
+    assert_eq!(rows("metrics/flicker"), n - 1);
+    // The layout sent with it: three pictures, then psnr_y, ssim_y, temporal, timings and
+    // throughput plots, each showing its entities.
+    assert_eq!(rec.views(), 8, "{:?}", rec.blueprint);
+    for needle in [
+        "camera/rainy",
+        "camera/derained",
+        "camera/clean",
+        "metrics/psnr_y/**",
+        "metrics/ssim_y/**",
+        "metrics/warp_error",
+        "timing/**",
+        "stats/throughput_fps",
+        "psnr_y: rainy vs de-rained",
+        "stage timings (ms)",
+    ] {
+        assert!(
+            rec.blueprint_text.contains(needle),
+            "blueprint lacks {needle}"
+        );
+    }
     assert!(names_containing(t.path(), ".tmp").is_empty());
+    // --no-blueprint: the same recording without a layout.
+    let plain = t.path().join("plain.rrd");
+    ok(&[
+        "stream",
+        s(&clip),
+        "--model",
+        s(&run),
+        "--resize",
+        "160x96",
+        "--max-frames",
+        "3",
+        "--save",
+        s(&plain),
+        "--no-blueprint",
+    ]);
+    let rec = raincheck::viz::read_recording(&plain).unwrap();
+    assert_eq!((rec.views(), rec.blueprint.len()), (0, 0));
+    assert_eq!(rec.rows["camera/derained"], 3);
 }
 
 #[test]
