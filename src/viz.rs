@@ -162,6 +162,26 @@ pub mod layouts {
         ]))
     }
 
+    /// `raincheck study`: a summary tab (the table and the sample grids), then one tab per
+    /// model with one plot per test rain of its per-image scores.
+    pub fn study(models: &[String], test_rains: &[&str], grids: &[String]) -> Blueprint {
+        use rerun::blueprint::{Tabs, TextDocumentView};
+        let mut summary: Vec<ContainerLike> = vec![TextDocumentView::new("the table")
+            .with_origin("study/table")
+            .into()];
+        summary.extend(grids.iter().map(|g| image(g, &format!("study/{g}"))));
+        let mut tabs: Vec<ContainerLike> =
+            vec![Horizontal::new(summary).with_name("summary").into()];
+        for m in models {
+            let plots: Vec<ContainerLike> = test_rains
+                .iter()
+                .map(|t| series(&format!("{m} on {t} rain"), &[&format!("study/{m}/{t}/**")]))
+                .collect();
+            tabs.push(Vertical::new(plots).with_name(m.clone()).into());
+        }
+        Blueprint::new(Tabs::new(tabs))
+    }
+
     /// `raincheck inspect`: rainy | clean, the rain rate over the pairs.
     pub fn inspect() -> Blueprint {
         Blueprint::new(Vertical::new([

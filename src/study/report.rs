@@ -720,6 +720,18 @@ fn recording(
         &RerunTarget::Save(out.join("study.rrd")),
         85,
     )?;
+    let mut models: Vec<String> = Vec::new();
+    for (arch, train, _, _) in evals {
+        let m = format!("{arch}-{train}");
+        if !models.contains(&m) {
+            models.push(m);
+        }
+    }
+    let grid_names: Vec<String> = grids
+        .iter()
+        .map(|(f, _)| f.trim_end_matches(".png").to_string())
+        .collect();
+    rec.layout(crate::viz::layouts::study(&models, &RAINS, &grid_names))?;
     for (file, _) in grids {
         let img = image_io::load_rgb8(&out.join(file))?;
         rec.image(&format!("study/{}", file.trim_end_matches(".png")), &img)?;

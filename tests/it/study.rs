@@ -157,6 +157,10 @@ fn a_miniature_study_fills_every_cell_and_resumes_after_a_kill() {
         assert!(image::open(out.join(png)).is_ok(), "{png}");
     }
     let rec = raincheck::viz::read_recording(&out.join("study.rrd")).unwrap();
+    // Its layout: a summary tab (table, two sample grids), then a tab per model with a plot
+    // per test rain.
+    assert_eq!(rec.views(), 3 + 4 * 2, "{:?}", rec.blueprint);
+    assert!(rec.blueprint_text.contains("study/vit-cyclegan/overlay/**"));
     assert!(
         rec.rows.contains_key("study/unet-overlay/cyclegan/psnr_y"),
         "{:?}",
