@@ -66,7 +66,8 @@ pub fn disable_blueprints() {
 pub mod layouts {
     use super::paths;
     use rerun::blueprint::{
-        Blueprint, ContainerLike, Grid, Horizontal, Spatial2DView, TimeSeriesView, Vertical,
+        Blueprint, ContainerLike, Grid, Horizontal, Spatial2DView, TimePanel, TimeSeriesView,
+        Vertical,
     };
 
     fn image(name: &str, origin: &str) -> ContainerLike {
@@ -119,6 +120,7 @@ pub mod layouts {
             Horizontal::new(top).into(),
             Grid::new(plots).into(),
         ]))
+        .with_time_panel(TimePanel::new().with_timeline(paths::TIMELINE_FRAME))
     }
 
     /// `raincheck eval`: the best/worst grid beside the per-image scores of outputs and inputs.
