@@ -40,6 +40,10 @@ pub struct StudyArgs {
     /// realism table.
     #[arg(long, value_name = "FILE", requires = "rainy")]
     inception: Option<PathBuf>,
+    /// A scored `raincheck quiz` folder (after `raincheck quiz score`): its fooling rate and
+    /// accuracy go into the report.
+    #[arg(long, value_name = "QUIZ_DIR")]
+    quiz: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -72,6 +76,7 @@ impl StudyArgs {
             seed: self.seed,
             prenet_weights: self.prenet_weights,
             inception: self.inception,
+            quiz: self.quiz,
             device: device(&self.device)?,
             progress: ctx.progress,
         };

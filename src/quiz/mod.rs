@@ -304,7 +304,7 @@ pub fn wilson(k: usize, n: usize) -> Rate {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ImageScore {
     pub image: String,
     pub kind: Kind,
@@ -314,7 +314,7 @@ pub struct ImageScore {
     pub median_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Score {
     pub quiz_id: String,
     pub participants: usize,

@@ -230,6 +230,9 @@ pub struct StudyConfig {
     /// The FID InceptionV3 weights: adds FID and KID of each rain kind against `rainy` to the
     /// realism table (needs `rainy`).
     pub inception: Option<PathBuf>,
+    /// A scored `raincheck quiz` folder (its `score.json`): the human realism test in the
+    /// report.
+    pub quiz: Option<PathBuf>,
     pub device: Device,
     pub progress: bool,
 }
@@ -361,6 +364,10 @@ pub fn run(cfg: &StudyConfig) -> Result<StudyReport> {
         )?,
         _ => Default::default(),
     };
+    let quiz = match &cfg.quiz {
+        Some(dir) => Some(read_quiz_score(dir)?),
+        None => None,
+    };
     let report = report::write(
         out,
         &spec,
@@ -368,6 +375,7 @@ pub fn run(cfg: &StudyConfig) -> Result<StudyReport> {
         &evals,
         &fid,
         &real_rain,
+        quiz.as_ref(),
         cfg.seed,
     )?;
     Ok(report)
@@ -756,6 +764,22 @@ fn evaluate(
     })?)
 }
 
+/// The pooled answers of a scored quiz folder (`raincheck quiz score` writes `score.json`).
+fn read_quiz_score(dir: &Path) -> Result<crate::quiz::Score> {
+    let path = dir.join("score.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| StudyError::Path {
+        path: path.clone(),
+        why: format!(
+            "cannot read the quiz's score ({e}): run `raincheck quiz score {} RESULTS...` first",
+            dir.display()
+        ),
+    })?;
+    serde_json::from_str(&text).map_err(|e| StudyError::Path {
+        path,
+        why: format!("not a quiz score: {e}"),
+    })
+}
+
 /// FID and KID of each rain kind's rainy test images against the real rainy photos.
 fn inception_realism(
     cfg: &StudyConfig,
@@ -861,6 +885,7 @@ mod tests {
             seed: 0,
             prenet_weights: None,
             inception: Some(weights.clone()),
+            quiz: None,
             device: Device::Cpu,
             progress: false,
         };

@@ -76,6 +76,9 @@ pub struct StudyReport {
     /// With real rainy photos: every model on the held-out ones, by NIQE.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub real_rain: Vec<RealRainCell>,
+    /// The human realism quiz, when a scored quiz was given (`--quiz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiz: Option<crate::quiz::Score>,
 }
 
 /// One model on the held-out real rainy photos (no clean target: NIQE, lower is better).
@@ -262,6 +265,7 @@ pub fn write(
     evals: &[(String, String, String, Report)],
     realism_fid: &BTreeMap<String, FidCell>,
     real_rain: &[(String, String, crate::eval::noref::NoRefReport)],
+    quiz: Option<&crate::quiz::Score>,
     seed: u64,
 ) -> Result<StudyReport> {
     let cells: Vec<Cell> = evals
@@ -315,6 +319,7 @@ pub fn write(
                 }
             })
             .collect(),
+        quiz: quiz.cloned(),
     };
     let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
     let path = out.join("study.json");
@@ -557,6 +562,30 @@ fn markdown(r: &StudyReport, figures: &[String], grids: &[(String, Vec<String>)]
             );
         }
         s.push('\n');
+    }
+    if let Some(q) = &r.quiz {
+        let rate = |x: &crate::quiz::Rate| match (x.rate, x.ci95) {
+            (Some(p), Some([lo, hi])) => format!(
+                "{:.1}% [{:.1}, {:.1}] ({} of {})",
+                100.0 * p,
+                100.0 * lo,
+                100.0 * hi,
+                x.k,
+                x.n
+            ),
+            _ => "n/a".into(),
+        };
+        s.push_str(&format!(
+            "## Would people take it for real? (quiz `{}`, {} participants)\n\n\
+             | measure | rate [Wilson 95% CI] |\n|---|---|\n\
+             | synthetic images taken for real | {} |\n| real images taken for real | {} |\n\n\
+             The reference study reported 7 of 10 synthetic rainy images taken for real. Per image: \
+             the quiz folder's `score.md`.\n\n",
+            q.quiz_id,
+            q.participants,
+            rate(&q.fooling_rate),
+            rate(&q.real_accuracy)
+        ));
     }
     if !r.real_rain.is_empty() {
         s.push_str(&format!(

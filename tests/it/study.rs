@@ -231,6 +231,30 @@ fn real_rainy_photos_are_partly_held_out_and_derained_by_every_model() {
             raincheck::image_io::save_png(&small, &rainy.join(format!("{stem}_{k}.png"))).unwrap();
         }
     }
+    // A scored quiz (one participant who takes everything for real) for the report.
+    let quiz = t.path().join("quiz");
+    let key = raincheck::quiz::make(&raincheck::quiz::QuizConfig {
+        real: rainy.clone(),
+        fake: clear.clone(),
+        n: 6,
+        seed: 2,
+        out: quiz.clone(),
+    })
+    .unwrap();
+    let answers: Vec<serde_json::Value> = key
+        .images
+        .iter()
+        .map(|e| serde_json::json!({"image": e.image, "answer": "real", "ms": 900}))
+        .collect();
+    let results = t.path().join("results.json");
+    std::fs::write(
+        &results,
+        serde_json::json!({"format": "raincheck-quiz-results", "quiz_id": key.quiz_id,
+                           "seed": 2, "answers": answers})
+        .to_string(),
+    )
+    .unwrap();
+    ok(&["quiz", "score", s(&quiz), s(&results)]);
     let plan = t.path().join("plan.toml");
     std::fs::write(&plan, PLAN).unwrap();
     let out = t.path().join("study");
@@ -244,6 +268,8 @@ fn real_rainy_photos_are_partly_held_out_and_derained_by_every_model() {
         s(&out),
         "--plan",
         s(&plan),
+        "--quiz",
+        s(&quiz),
     ]);
     let train = names_containing(&out.join("parts/rainy_train"), ".png").len();
     let held = names_containing(&out.join("parts/rainy_heldout"), ".png").len();
@@ -263,6 +289,12 @@ fn real_rainy_photos_are_partly_held_out_and_derained_by_every_model() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         md.contains("## De-raining real rain (held-out photos"),
+        "{md}"
+    );
+    // The quiz: 3 synthetic images, all taken for real.
+    assert_eq!(report["quiz"]["fooling_rate"]["k"], 3, "{}", report["quiz"]);
+    assert!(
+        md.contains("Would people take it for real?") && md.contains("100.0% ["),
         "{md}"
     );
 }
