@@ -258,6 +258,7 @@ fn real_rainy_niqe(dir: &Path, seed: u64) -> Result<MetricCell> {
 }
 
 /// Writes `study.json`, the charts, the sample grids, `report.md` and `study.rrd`.
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     out: &Path,
     spec: &StudySpec,
