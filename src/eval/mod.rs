@@ -545,17 +545,7 @@ fn run_pairs(cfg: &EvalConfig, pairs: Vec<Paired>, pairing: Option<PairingInfo>)
     let (mut report, pairs) = evaluate_pairs(cfg, pairs)?;
     report.pairing = pairing;
     let dir = &cfg.report;
-    if dir.exists() && !dir.is_dir() {
-        return Err(EvalError::NotADir { path: dir.clone() });
-    }
-    std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
-        path: dir.clone(),
-        source,
-    })?;
-    let write = |name: &str, bytes: &[u8]| -> Result<()> {
-        let path = dir.join(name);
-        image_io::write_atomic(&path, bytes).map_err(|source| EvalError::Write { path, source })
-    };
+    let write = report_folder(dir)?;
     write(
         "report.json",
         serde_json::to_string_pretty(&report)
@@ -585,6 +575,24 @@ fn run_pairs(cfg: &EvalConfig, pairs: Vec<Paired>, pairing: Option<PairingInfo>)
         rec.finish()?;
     }
     Ok(report)
+}
+
+/// Creates a report folder (refusing a file in its place) and returns the writer of its files,
+/// each under a temporary name then renamed.
+fn report_folder(dir: &Path) -> Result<impl Fn(&str, &[u8]) -> Result<()> + '_> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(EvalError::NotADir {
+            path: dir.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(move |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = dir.join(name);
+        image_io::write_atomic(&path, bytes).map_err(|source| EvalError::Write { path, source })
+    })
 }
 
 fn fmt_num(v: f64, digits: usize) -> String {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     capped, csv_field, index_dir, niqe_definition, niqe_line, niqe_markdown, niqe_of, opt_num,
-    EvalError, NiqeSummary, Result,
+    report_folder, EvalError, NiqeSummary, Result,
 };
 use crate::image_io;
 
@@ -95,18 +95,7 @@ pub fn run(cfg: &NoRefConfig) -> Result<NoRefReport> {
 }
 
 fn write(cfg: &NoRefConfig, r: &NoRefReport) -> Result<()> {
-    let dir = &cfg.report;
-    if dir.exists() && !dir.is_dir() {
-        return Err(EvalError::NotADir { path: dir.clone() });
-    }
-    std::fs::create_dir_all(dir).map_err(|source| EvalError::Write {
-        path: dir.clone(),
-        source,
-    })?;
-    let put = |name: &str, bytes: &[u8]| -> Result<()> {
-        let path = dir.join(name);
-        image_io::write_atomic(&path, bytes).map_err(|source| EvalError::Write { path, source })
-    };
+    let put = report_folder(&cfg.report)?;
     let json = serde_json::to_string_pretty(r).expect("report serialises");
     put("report.json", json.as_bytes())?;
     let mut csv = String::from(if r.input.is_some() {

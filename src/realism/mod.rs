@@ -227,9 +227,10 @@ pub fn load_inception(path: &Path, device: &Device) -> Result<(inception::Incept
         path: path.to_path_buf(),
         source,
     })?;
+    // One read: the key hashes the bytes the tensors are parsed from.
     let key = crate::ids::sha256_hex(&bytes);
+    let tensors = crate::weights::read_bytes(&bytes, path)?.into_map();
     drop(bytes);
-    let tensors = crate::weights::read_tensors(path)?;
     let net = inception::load(tensors, device).map_err(|source| RealismError::Inception {
         path: path.to_path_buf(),
         source,

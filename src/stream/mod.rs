@@ -445,10 +445,8 @@ impl Sinks {
             Some(target) => {
                 let rec = Recorder::new("raincheck stream", target, job.rerun_jpeg_quality)?;
                 let with_clean = job.add_rain.is_some();
-                rec.layout(crate::viz::layouts::stream(
-                    with_clean,
-                    job.temporal || with_clean,
-                ))?;
+                let temporal = cfg!(feature = "video") && (job.temporal || with_clean);
+                rec.layout(crate::viz::layouts::stream(with_clean, temporal))?;
                 Some(rec)
             }
             None => None,
@@ -593,18 +591,18 @@ pub fn run(
     let pb = crate::progress::bar(total, "streaming", job.progress);
     let mut latency: Vec<Latency> = STAGES.iter().map(|_| Latency::default()).collect();
     let mut quality = QualityAccumulator::default();
-    let temporal_on = job.temporal || job.add_rain.is_some();
     #[cfg(feature = "video")]
-    let mut temporal_state = if temporal_on {
+    let mut temporal_state = if job.temporal || job.add_rain.is_some() {
         Some(crate::infer::TemporalTracker::new()?)
     } else {
         None
     };
+    // Without OpenCV there is no optical flow: asked for explicitly, that is an error;
+    // `--add-rain` alone scores the frames without the temporal metrics.
     #[cfg(not(feature = "video"))]
-    if temporal_on {
+    if job.temporal {
         return Err(StreamError::Usage(
-            "temporal metrics (--temporal, --add-rain) need the optical flow of the `video` feature"
-                .into(),
+            "--temporal needs the optical flow of the `video` feature".into(),
         ));
     }
     let mut temporal = crate::metrics::temporal::TemporalAccumulator::default();

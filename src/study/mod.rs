@@ -513,16 +513,26 @@ fn split_parts(clear: &Path, out: &Path, real_rainy: bool) -> Result<Parts> {
         let dir = root.join(part);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         for (stem, path) in items {
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
-            let dst = dir.join(format!("{stem}.{ext}"));
-            if !dst.exists() && std::fs::hard_link(path, &dst).is_err() {
-                std::fs::copy(path, &dst).map_err(io_err(&dst))?;
-            }
+            link_or_copy(path, &dir, stem)?;
         }
     }
     let json = serde_json::to_vec_pretty(&counts).expect("counts serialise");
     image_io::write_atomic(&done, &json).map_err(io_err(&done))?;
     Ok(Parts { root, counts })
+}
+
+/// Puts `path` into `dir` as `STEM.ext`: a hard link where the file system allows, else a copy
+/// made under a temporary name and renamed, so a kill never leaves a half file that a rerun
+/// would keep (a file already there is kept).
+fn link_or_copy(path: &Path, dir: &Path, stem: &str) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
+    let dst = dir.join(format!("{stem}.{ext}"));
+    if dst.exists() || std::fs::hard_link(path, &dst).is_ok() {
+        return Ok(());
+    }
+    let tmp = image_io::temp_path_for(&dst);
+    std::fs::copy(path, &tmp).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &dst).map_err(io_err(&dst))
 }
 
 /// Splits the real rainy photos by a hash of their names: about 80% train the CycleGAN
@@ -547,11 +557,7 @@ fn split_rainy(rainy: &Path, out: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
             let u = dataset::id_hash("raincheck-study-rainy", stem) as f64 / u64::MAX as f64;
             let dir = if u < 0.8 { &train } else { &heldout };
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
-            let dst = dir.join(format!("{stem}.{ext}"));
-            if !dst.exists() && std::fs::hard_link(path, &dst).is_err() {
-                std::fs::copy(path, &dst).map_err(io_err(&dst))?;
-            }
+            link_or_copy(path, dir, stem)?;
             *counts
                 .entry(dir.file_name().unwrap().to_string_lossy().into_owned())
                 .or_insert(0usize) += 1;

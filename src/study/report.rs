@@ -479,6 +479,60 @@ fn fmt_gain(m: &MetricCell) -> String {
     }
 }
 
+/// A table with the columns `columns` under each test rain (`""`: "tested on RAIN rain"): the
+/// rainy inputs' row (`input` of the first cell of each test rain), then one row per model
+/// (`model` of its cell; empty where it has none).
+fn model_table(
+    s: &mut String,
+    r: &StudyReport,
+    columns: &[&str],
+    input: impl Fn(&Cell) -> Vec<String>,
+    model: impl Fn(&Cell) -> Vec<String>,
+) {
+    s.push_str("| model | trained on |");
+    for t in RAINS {
+        for c in columns {
+            if c.is_empty() {
+                s.push_str(&format!(" tested on {t} rain |"));
+            } else {
+                s.push_str(&format!(" {c} |"));
+            }
+        }
+    }
+    s.push_str("\n|---|---|");
+    s.push_str(&"---|".repeat(columns.len() * RAINS.len()));
+    s.push_str("\n| rainy input | — |");
+    let row = |s: &mut String, cells: Vec<String>| {
+        for v in cells {
+            s.push_str(&format!(" {v} |"));
+        }
+    };
+    for t in RAINS {
+        match r.cells.iter().find(|c| c.test_rain == t) {
+            Some(c) => row(s, input(c)),
+            None => row(s, vec!["n/a".into(); columns.len()]),
+        }
+    }
+    s.push('\n');
+    let mut seen = Vec::new();
+    for c in &r.cells {
+        let key = (c.arch.clone(), c.train_rain.clone());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        s.push_str(&format!("| {} | {} |", c.arch, c.train_rain));
+        for t in RAINS {
+            match r.cell(&c.arch, &c.train_rain, t) {
+                Some(x) => row(s, model(x)),
+                None => row(s, vec![String::new(); columns.len()]),
+            }
+        }
+        s.push('\n');
+    }
+    s.push('\n');
+}
+
 fn markdown(r: &StudyReport, figures: &[String], grids: &[(String, Vec<String>)]) -> String {
     let spec = &r.spec;
     let mut s = String::from("# raincheck study: overlay rain vs CycleGAN rain\n\n");
@@ -612,94 +666,38 @@ fn markdown(r: &StudyReport, figures: &[String], grids: &[(String, Vec<String>)]
         }
         s.push('\n');
     }
+    let na = || "n/a".to_string();
     if r.cells.iter().any(|c| c.niqe.is_some()) {
-        s.push_str("## NIQE of the de-rained outputs (lower is better)\n\n| model | trained on |");
-        for t in RAINS {
-            s.push_str(&format!(" tested on {t} rain |"));
-        }
-        s.push_str("\n|---|---|");
-        for _ in RAINS {
-            s.push_str("---|");
-        }
-        s.push_str("\n| rainy input | — |");
-        for t in RAINS {
-            let m = r
-                .cells
-                .iter()
-                .find(|c| c.test_rain == t)
-                .and_then(|c| c.input_niqe.as_ref());
-            s.push_str(&format!(
-                " {} |",
-                m.map_or("n/a".into(), |m| fmt_metric(m, 3))
-            ));
-        }
-        s.push('\n');
-        let mut seen = Vec::new();
-        for c in &r.cells {
-            let key = (c.arch.clone(), c.train_rain.clone());
-            if seen.contains(&key) {
-                continue;
-            }
-            seen.push(key);
-            s.push_str(&format!("| {} | {} |", c.arch, c.train_rain));
-            for t in RAINS {
-                let m = r
-                    .cell(&c.arch, &c.train_rain, t)
-                    .and_then(|x| x.niqe.as_ref());
-                s.push_str(&format!(
-                    " {} |",
-                    m.map_or("n/a".into(), |m| fmt_metric(m, 3))
-                ));
-            }
-            s.push('\n');
-        }
-        s.push('\n');
+        s.push_str("## NIQE of the de-rained outputs (lower is better)\n\n");
+        model_table(
+            &mut s,
+            r,
+            &[""],
+            |c| vec![c.input_niqe.as_ref().map_or_else(na, |m| fmt_metric(m, 3))],
+            |c| vec![c.niqe.as_ref().map_or_else(na, |m| fmt_metric(m, 3))],
+        );
     }
     for metric in METRICS {
         let digits = if metric == "psnr_y" { 2 } else { 4 };
-        s.push_str(&format!("## {metric}\n\n| model | trained on |"));
-        for t in RAINS {
-            s.push_str(&format!(" tested on {t} rain | gain |"));
-        }
-        s.push_str("\n|---|---|");
-        for _ in RAINS {
-            s.push_str("---|---|");
-        }
-        s.push('\n');
-        s.push_str("| rainy input | — |");
-        for t in RAINS {
-            let input = r
-                .cells
-                .iter()
-                .find(|c| c.test_rain == t)
-                .and_then(|c| c.input.get(metric));
-            s.push_str(&format!(
-                " {} | |",
-                input.map_or("n/a".into(), |m| fmt_metric(m, digits))
-            ));
-        }
-        s.push('\n');
-        let mut seen = Vec::new();
-        for c in &r.cells {
-            let key = (c.arch.clone(), c.train_rain.clone());
-            if seen.contains(&key) {
-                continue;
-            }
-            seen.push(key);
-            s.push_str(&format!("| {} | {} |", c.arch, c.train_rain));
-            for t in RAINS {
-                match r.cell(&c.arch, &c.train_rain, t) {
-                    Some(x) => s.push_str(&format!(
-                        " {} | {} |",
-                        fmt_metric(&x.output[metric], digits),
-                        fmt_gain(&x.gain_percent[metric])
-                    )),
-                    None => s.push_str(" | |"),
-                }
-            }
-            s.push('\n');
-        }
-        s.push('\n');
+        s.push_str(&format!("## {metric}\n\n"));
+        model_table(
+            &mut s,
+            r,
+            &["", "gain"],
+            |c| {
+                let input = c.input.get(metric);
+                vec![
+                    input.map_or_else(na, |m| fmt_metric(m, digits)),
+                    String::new(),
+                ]
+            },
+            |x| {
+                vec![
+                    fmt_metric(&x.output[metric], digits),
+                    fmt_gain(&x.gain_percent[metric]),
+                ]
+            },
+        );
     }
     if !figures.is_empty() {
         s.push_str("## Charts\n\n");
