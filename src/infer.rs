@@ -356,8 +356,8 @@ fn map_video<E: From<InferError>>(
 #[cfg(feature = "video")]
 pub struct TemporalTracker {
     flow: crate::video::FlowEstimator,
-    /// (index, de-rained, reference for the flicker, frame the flow is computed on)
-    prev: Option<(u64, RgbImage, RgbImage, RgbImage)>,
+    /// (index, de-rained, reference for the flicker, the gray frame the flow is computed on)
+    prev: Option<(u64, RgbImage, RgbImage, crate::video::GrayFrame)>,
 }
 
 #[cfg(feature = "video")]
@@ -380,8 +380,10 @@ impl TemporalTracker {
         clean: Option<&RgbImage>,
     ) -> std::result::Result<Option<crate::metrics::temporal::Temporal>, crate::video::VideoError>
     {
+        use crate::video::FlowEstimator;
         let reference = clean.unwrap_or(rainy).clone();
-        let flow_src = clean.unwrap_or(derained).clone();
+        // Each frame is converted to gray once; the previous one serves both directions.
+        let gray = FlowEstimator::gray(clean.unwrap_or(derained))?;
         let scores = match &self.prev {
             Some((i, prev_out, prev_ref, prev_src)) if *i + 1 == index => {
                 let field = |uv| crate::metrics::temporal::Flow {
@@ -389,15 +391,15 @@ impl TemporalTracker {
                     height: derained.height() as usize,
                     uv,
                 };
-                let back = field(self.flow.flow(&flow_src, prev_src)?);
-                let fwd = field(self.flow.flow(prev_src, &flow_src)?);
+                let back = field(self.flow.flow(&gray, prev_src)?);
+                let fwd = field(self.flow.flow(prev_src, &gray)?);
                 Some(crate::metrics::temporal::temporal(
                     prev_out, derained, prev_ref, &reference, &back, &fwd,
                 ))
             }
             _ => None,
         };
-        self.prev = Some((index, derained.clone(), reference, flow_src));
+        self.prev = Some((index, derained.clone(), reference, gray));
         Ok(scores)
     }
 }

@@ -292,6 +292,9 @@ pub fn resize_rgb8(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> 
     Ok(RgbImage::from_raw(width, height, bytes.to_vec()).expect("resize keeps 3 channels"))
 }
 
+/// A gray frame for [`FlowEstimator::flow`].
+pub struct GrayFrame(Mat);
+
 /// Dense optical flow between frames (OpenCV's DIS, Kroeger et al. 2016, `MEDIUM` preset, on
 /// the gray frames), for the temporal metrics ([`crate::metrics::temporal`]).
 pub struct FlowEstimator {
@@ -307,22 +310,23 @@ impl FlowEstimator {
         Ok(FlowEstimator { dis })
     }
 
+    /// A frame as the flow reads it (gray), converted once and reusable for both directions.
+    pub fn gray(img: &RgbImage) -> Result<GrayFrame> {
+        let rgb = rgb_mat(img, "flow input")?;
+        let mut g = Mat::default();
+        cv(
+            imgproc::cvt_color_def(&rgb, &mut g, imgproc::COLOR_RGB2GRAY),
+            || "RGB→gray".into(),
+        )?;
+        Ok(GrayFrame(g))
+    }
+
     /// The flow from `a` to `b` (same size): for each pixel of `a`, row-major, the
     /// displacement `(dx, dy)` to where it is in `b`.
-    pub fn flow(&mut self, a: &RgbImage, b: &RgbImage) -> Result<Vec<[f32; 2]>> {
-        let gray = |img: &RgbImage| -> Result<Mat> {
-            let rgb = rgb_mat(img, "flow input")?;
-            let mut g = Mat::default();
-            cv(
-                imgproc::cvt_color_def(&rgb, &mut g, imgproc::COLOR_RGB2GRAY),
-                || "RGB→gray".into(),
-            )?;
-            Ok(g)
-        };
-        let (ga, gb) = (gray(a)?, gray(b)?);
+    pub fn flow(&mut self, a: &GrayFrame, b: &GrayFrame) -> Result<Vec<[f32; 2]>> {
         let mut flow = Mat::default();
         cv(
-            opencv::prelude::DenseOpticalFlowTrait::calc(&mut self.dis, &ga, &gb, &mut flow),
+            opencv::prelude::DenseOpticalFlowTrait::calc(&mut self.dis, &a.0, &b.0, &mut flow),
             || "DIS optical flow".into(),
         )?;
         let uv = cv(flow.data_typed::<opencv::core::Vec2f>(), || {
@@ -560,6 +564,10 @@ mod tests {
     #[test]
     fn optical_flow_recovers_a_known_shift() {
         let (a, b) = (moved_scene(0, 0), moved_scene(2, 1));
+        let (a, b) = (
+            FlowEstimator::gray(&a).unwrap(),
+            FlowEstimator::gray(&b).unwrap(),
+        );
         let uv = FlowEstimator::new().unwrap().flow(&a, &b).unwrap();
         assert_eq!(uv.len(), 160 * 120);
         // Away from the borders the content moved by (2, 1): the medians are within 0.25 px.
